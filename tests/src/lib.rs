@@ -1,0 +1,1 @@
+//! Benchmarks (arriving in the next commits).
