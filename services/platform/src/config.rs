@@ -1,0 +1,147 @@
+//! Configuration shared by every service: clap flags with environment
+//! fallbacks. Secrets are not configuration: only the Vault token (a
+//! credential to fetch them) comes in through the environment.
+
+use crate::amqp::BrokerUri;
+use crate::rpc::RpcConfig;
+use crate::vault::Vault;
+use anyhow::Context as _;
+use rpc_contracts::Topology;
+use secrecy::{ExposeSecret as _, SecretString};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Flags every service takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Brokers to hold connections to, comma-separated, without credentials
+    /// (those come from Vault), e.g. `amqp://rmq-1:5672/%2f,amqp://rmq-2:5672/%2f`.
+    #[arg(
+        long,
+        env = "TALLYHOUSE_AMQP_URIS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub amqp_uris: Vec<String>,
+
+    /// Namespace of the RPC exchange and queues.
+    #[arg(long, env = "TALLYHOUSE_RPC_NAMESPACE", default_value = Topology::DEFAULT_NAMESPACE)]
+    pub rpc_namespace: String,
+
+    /// Deadline of an internal call, in milliseconds.
+    #[arg(long, env = "TALLYHOUSE_RPC_TIMEOUT_MS", default_value_t = 10_000)]
+    pub rpc_timeout_ms: u64,
+
+    /// Deployment name (`local`, `dev`, `prod`...), a log label.
+    #[arg(long, env = "TALLYHOUSE_ENVIRONMENT", default_value = "local")]
+    pub environment: String,
+
+    /// Address of the metrics and health endpoints (separate from any API).
+    #[arg(long, env = "TALLYHOUSE_METRICS_ADDR", default_value = "127.0.0.1:0")]
+    pub metrics_addr: SocketAddr,
+
+    /// Vault (or OpenBao) address.
+    #[arg(long, env = "VAULT_ADDR", default_value = "http://127.0.0.1:8200")]
+    pub vault_addr: String,
+
+    /// Vault token of this service.
+    #[arg(long, env = "VAULT_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub vault_token: SecretString,
+
+    /// KV v2 mount holding the secrets.
+    #[arg(long, env = "TALLYHOUSE_VAULT_MOUNT", default_value = "secret")]
+    pub vault_mount: String,
+
+    /// Path prefix of the secrets inside the mount.
+    #[arg(long, env = "TALLYHOUSE_VAULT_PREFIX", default_value = "tallyhouse")]
+    pub vault_prefix: String,
+
+    /// How long start-up waits for an unreachable Vault before giving up, in seconds.
+    #[arg(
+        long,
+        env = "TALLYHOUSE_VAULT_STARTUP_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    pub vault_startup_timeout_secs: u64,
+
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "TALLYHOUSE_LOG", default_value = "info")]
+    pub log_filter: String,
+}
+
+fn parse_secret(s: &str) -> Result<SecretString, String> {
+    if s.is_empty() {
+        Err("must not be empty".to_owned())
+    } else {
+        Ok(SecretString::from(s.to_owned()))
+    }
+}
+
+impl CommonArgs {
+    /// The Vault client of `service`.
+    pub fn vault(&self, service: &str) -> anyhow::Result<Vault> {
+        Ok(Vault::new(
+            &self.vault_addr,
+            &self.vault_token,
+            &self.vault_mount,
+            &self.vault_prefix,
+            service,
+        )?
+        .with_startup_bound(Duration::from_secs(self.vault_startup_timeout_secs)))
+    }
+
+    /// The RPC configuration of `service`, with broker credentials read from Vault.
+    pub async fn rpc_config(&self, service: &str, vault: &Vault) -> anyhow::Result<RpcConfig> {
+        let creds = vault
+            .amqp_credentials()
+            .await
+            .context("reading the AMQP credentials")?;
+        let brokers = self
+            .amqp_uris
+            .iter()
+            .map(|u| {
+                BrokerUri::parse(u)
+                    .map(|b| b.with_credentials(&creds.username, creds.password.expose_secret()))
+                    .map_err(anyhow::Error::msg)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let topology = Topology::new(self.rpc_namespace.clone()).map_err(anyhow::Error::msg)?;
+        let mut config = RpcConfig::new(brokers, service).with_topology(topology);
+        config.default_call_timeout = Duration::from_millis(self.rpc_timeout_ms);
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[test]
+    fn flags_parse_and_token_is_not_shown() {
+        let cli = Cli::try_parse_from([
+            "svc",
+            "--amqp-uris",
+            "amqp://a:5672/%2f,amqp://b:5672/%2f",
+            "--vault-token",
+            "hvs.very-secret",
+        ])
+        .unwrap();
+        assert_eq!(cli.common.amqp_uris.len(), 2);
+        assert!(!format!("{:?}", cli.common).contains("very-secret"));
+    }
+
+    #[test]
+    fn an_empty_token_is_refused() {
+        assert!(
+            Cli::try_parse_from(["svc", "--amqp-uris", "amqp://a:1/%2f", "--vault-token", ""])
+                .is_err()
+        );
+    }
+}

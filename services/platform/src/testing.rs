@@ -1,0 +1,332 @@
+//! The black-box test harness (feature `testing`): one isolated world per
+//! test on the real RabbitMQ: its own namespace (exchange and queues), the
+//! fixture handlers of the `testkit` contracts, a TCP proxy that can cut a
+//! connection, and dedicated RabbitMQ nodes a test may stop and restart.
+
+use crate::amqp::{BrokerUri, guard};
+use crate::rpc::{RequestContext, RpcConfig, RpcServer, RpcServerBuilder};
+use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use rpc_contracts::testkit::{self, EchoRequest, EchoResponse, FailRequest, SleepRequest};
+use rpc_contracts::{RpcError, ServiceQueue, Topology};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// The test broker, from `TALLYHOUSE_TEST_AMQP_URI` or the local default.
+#[allow(clippy::disallowed_methods)] // the harness is configured by the test command's environment
+pub fn amqp_uri() -> BrokerUri {
+    let uri = std::env::var("TALLYHOUSE_TEST_AMQP_URI")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    BrokerUri::parse(&uri).expect("TALLYHOUSE_TEST_AMQP_URI is a valid AMQP URI")
+}
+
+/// A fresh namespace, so each test has its own exchange and queues.
+pub fn unique_topology(tag: &str) -> Topology {
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    Topology::new(format!("t-{tag}-{id}")).expect("valid test namespace")
+}
+
+/// An RPC configuration with test-friendly bounds (short operation timeouts
+/// and reconnect waits).
+pub fn rpc_config(topology: &Topology, brokers: Vec<BrokerUri>, name: &str) -> RpcConfig {
+    let mut config = RpcConfig::new(brokers, name).with_topology(topology.clone());
+    config.op_timeout = Duration::from_secs(3);
+    config.default_call_timeout = Duration::from_secs(10);
+    config.reconnect_min = Duration::from_millis(50);
+    config.reconnect_max = Duration::from_millis(500);
+    config
+}
+
+/// The fixture handlers of every `testkit` call; `Crash` aborts the process,
+/// so only out-of-process fixture servers should receive it.
+pub fn testkit_server() -> RpcServerBuilder {
+    fn answer(ctx: &RequestContext, payload: rpc_contracts::Bytes) -> EchoResponse {
+        EchoResponse {
+            payload,
+            instance: ctx.instance.to_string(),
+            delivery_count: ctx.delivery_count,
+        }
+    }
+    RpcServer::builder(testkit::QUEUE)
+        .on::<testkit::Echo, _, _>(
+            |ctx, req: EchoRequest| async move { Ok(answer(&ctx, req.payload)) },
+        )
+        .on::<testkit::Sleep, _, _>(|ctx, req: SleepRequest| async move {
+            tokio::time::sleep(Duration::from_millis(req.millis)).await;
+            Ok(answer(&ctx, Default::default()))
+        })
+        .on::<testkit::Fail, _, _>(|_ctx, req: FailRequest| async move {
+            Err::<EchoResponse, RpcError>(req.error)
+        })
+        .on::<testkit::Panic, _, _>(|_ctx, _req: EchoRequest| async move {
+            if true {
+                panic!("testkit::Panic handler panics on purpose");
+            }
+            Err::<EchoResponse, RpcError>(RpcError::new(
+                rpc_contracts::ErrorCode::Internal,
+                "unreachable",
+            ))
+        })
+        .on::<testkit::Crash, _, _>(|_ctx, _req: EchoRequest| async move {
+            eprintln!("testkit::Crash: aborting the process on purpose");
+            std::process::abort();
+            #[allow(unreachable_code)]
+            Err::<EchoResponse, RpcError>(RpcError::new(
+                rpc_contracts::ErrorCode::Internal,
+                "unreachable",
+            ))
+        })
+}
+
+/// Messages ready in `queue` (a passive declare; no consumer is disturbed).
+pub async fn queue_depth(uri: &BrokerUri, queue: &str) -> anyhow::Result<u32> {
+    let conn = uri.connect("test-probe", Duration::from_secs(5)).await?;
+    let channel = guard(
+        "channel.open",
+        Duration::from_secs(5),
+        conn.create_channel(),
+    )
+    .await?;
+    let q = guard(
+        "queue.declare passive",
+        Duration::from_secs(5),
+        channel.queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    let _ = conn.close(200, "bye".into()).await;
+    Ok(q.message_count())
+}
+
+/// Deletes a test namespace's queues and exchanges for `services`.
+pub async fn delete_topology(uri: &BrokerUri, topology: &Topology, services: &[ServiceQueue]) {
+    let to = Duration::from_secs(5);
+    let Ok(conn) = uri.connect("test-cleanup", to).await else {
+        return;
+    };
+    let Ok(channel) = guard("channel.open", to, conn.create_channel()).await else {
+        return;
+    };
+    for s in services {
+        for q in [topology.queue(*s), topology.dead_letter_queue(*s)] {
+            let _ = guard(
+                "queue.delete",
+                to,
+                channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()),
+            )
+            .await;
+        }
+    }
+    for x in [topology.exchange(), topology.dead_letter_exchange()] {
+        let _ = guard(
+            "exchange.delete",
+            to,
+            channel.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()),
+        )
+        .await;
+    }
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+/// A loopback TCP proxy in front of a broker whose connections a test can
+/// cut (as a network failure would) and restore.
+pub struct TcpProxy {
+    addr: SocketAddr,
+    enabled: Arc<AtomicBool>,
+    generation: Arc<Mutex<CancellationToken>>,
+    stop: CancellationToken,
+}
+
+impl TcpProxy {
+    /// Starts forwarding a fresh loopback port to `target`.
+    pub async fn start(target: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let enabled = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(Mutex::new(CancellationToken::new()));
+        let stop = CancellationToken::new();
+        let (en, gen_, st) = (enabled.clone(), generation.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = st.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((mut inbound, _)) = accepted else {
+                    continue;
+                };
+                if !en.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let token = gen_.lock().expect("proxy lock").clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        () = token.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            enabled,
+            generation,
+            stop,
+        })
+    }
+
+    /// The proxy's own address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A broker URI through the proxy, with `via`'s credentials and vhost.
+    pub fn uri(&self, user: &str, password: &str) -> BrokerUri {
+        BrokerUri::parse(&format!("amqp://{}/%2f", self.addr))
+            .expect("valid proxy URI")
+            .with_credentials(user, password)
+    }
+
+    /// Drops every connection through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        self.enabled.store(false, Ordering::SeqCst);
+        let mut g = self.generation.lock().expect("proxy lock");
+        g.cancel();
+        *g = CancellationToken::new();
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.enabled.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.generation.lock().expect("proxy lock").cancel();
+    }
+}
+
+/// A RabbitMQ node of its own (own ports, data directory and node name),
+/// started from the Debian package's scripts, that a test may stop and
+/// restart without disturbing the shared broker.
+pub struct DedicatedBroker {
+    node: String,
+    port: u16,
+    dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn rabbitmqctl(node: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("rabbitmqctl")
+        .arg("-n")
+        .arg(node)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+impl DedicatedBroker {
+    /// Starts a node and waits until it serves AMQP (about 15 s here).
+    pub fn start() -> anyhow::Result<Self> {
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let node = format!("t{id}@localhost");
+        let port = free_port();
+        let dist_port = free_port();
+        let dir = std::env::temp_dir().join(format!("tallyhouse-rmq-{id}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n"),
+        )?;
+        // The Debian scripts drop to the rabbitmq user when started as root.
+        let _ = Command::new("chown")
+            .arg("-R")
+            .arg("rabbitmq:rabbitmq")
+            .arg(&dir)
+            .status();
+        let status = Command::new("rabbitmq-server")
+            .arg("-detached")
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_NODE_PORT", port.to_string())
+            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_PID_FILE", dir.join("pid"))
+            .status()?;
+        anyhow::ensure!(status.success(), "rabbitmq-server -detached failed");
+        let broker = Self { node, port, dir };
+        rabbitmqctl(
+            &broker.node,
+            &[
+                "wait",
+                "--timeout",
+                "60",
+                &broker.dir.join("pid").to_string_lossy(),
+            ],
+        )?;
+        rabbitmqctl(&broker.node, &["await_startup", "--timeout", "60"])?;
+        Ok(broker)
+    }
+
+    /// Its AMQP URI (guest/guest).
+    pub fn uri(&self) -> BrokerUri {
+        BrokerUri::parse(&format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port))
+            .expect("valid URI")
+    }
+
+    /// Its AMQP address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Stops the RabbitMQ application (connections close, the port refuses),
+    /// keeping the node's data.
+    pub fn stop_app(&self) -> anyhow::Result<()> {
+        rabbitmqctl(&self.node, &["stop_app"])
+    }
+
+    /// Starts the application again and waits until it serves.
+    pub fn start_app(&self) -> anyhow::Result<()> {
+        rabbitmqctl(&self.node, &["start_app"])?;
+        rabbitmqctl(&self.node, &["await_startup", "--timeout", "60"])
+    }
+}
+
+impl Drop for DedicatedBroker {
+    fn drop(&mut self) {
+        let _ = rabbitmqctl(&self.node, &["stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
