@@ -1,1 +1,75 @@
-//! Benchmarks (arriving in the next commits).
+//! Helpers for black-box tests that run the workspace's real binaries:
+//! locating them, and running them as child processes that die with the test.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// Path of a binary built from this workspace (`cargo test --workspace` and
+/// the test command build them all into the same target directory).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    // target/<profile>/deps/suite-<hash> → target/<profile>/<name>
+    let exe = std::env::current_exe().expect("current test executable");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile> directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace`)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed (SIGKILL) when dropped, so a failing test never
+/// leaves a server behind.
+pub struct ChildProcess {
+    child: Child,
+    name: String,
+}
+
+impl ChildProcess {
+    /// Spawns `cmd`, its stdout and stderr inherited (shown on failure).
+    pub fn spawn(name: &str, cmd: &mut Command) -> std::io::Result<Self> {
+        let child = cmd.stdin(Stdio::null()).spawn()?;
+        Ok(Self {
+            child,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills it with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
+        assert!(status.success(), "kill -TERM {} failed", self.name);
+        self.child.wait()
+    }
+
+    /// Whether it has exited (and its status).
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        if self.try_wait().is_none() {
+            self.kill();
+        }
+    }
+}
