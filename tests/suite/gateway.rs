@@ -1,1 +1,146 @@
-//! placeholder
+//! The gateway and the registry as real processes, configured the way the
+//! run command configures them (secrets from OpenBao), through HTTP.
+
+use platform::testing::{amqp_uri, delete_topology, unique_topology};
+use rpc_contracts::registry;
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+use tests::{ChildProcess, workspace_bin};
+use tokio::time::Instant;
+use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+
+/// OpenBao of the test command, and a fresh secret prefix holding the AMQP
+/// credentials of `services`.
+async fn vault_with_amqp_secrets(prefix: &str, services: &[&str]) -> (String, String) {
+    let addr = std::env::var("VAULT_ADDR").unwrap_or_else(|_| "http://127.0.0.1:8200".into());
+    let token = std::env::var("TALLYHOUSE_TEST_VAULT_ROOT_TOKEN")
+        .expect("TALLYHOUSE_TEST_VAULT_ROOT_TOKEN: run the tests with deployment/test.sh");
+    let client = VaultClient::new(
+        VaultClientSettingsBuilder::default()
+            .address(&addr)
+            .token(&token)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    // The services get the test broker's guest account.
+    for svc in services {
+        let secret: HashMap<&str, &str> = [("username", "guest"), ("password", "guest")].into();
+        vaultrs::kv2::set(&client, "secret", &format!("{prefix}/{svc}/amqp"), &secret)
+            .await
+            .expect("write the AMQP secret");
+    }
+    (addr, token)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn service(bin: &str, namespace: &str, prefix: &str, vault: &(String, String), extra: &[(&str, String)]) -> ChildProcess {
+    let mut cmd = service_command(bin, namespace, prefix, vault, extra);
+    ChildProcess::spawn(bin, &mut cmd).expect("spawn service")
+}
+
+fn service_command(bin: &str, namespace: &str, prefix: &str, vault: &(String, String), extra: &[(&str, String)]) -> Command {
+    let amqp = amqp_uri();
+    let mut cmd = Command::new(workspace_bin(bin));
+    cmd.env_clear()
+        .env("TALLYHOUSE_AMQP_URIS", format!("amqp://{}/%2f", amqp.host_port()))
+        .env("TALLYHOUSE_RPC_NAMESPACE", namespace)
+        .env("TALLYHOUSE_ENVIRONMENT", "test")
+        .env("TALLYHOUSE_METRICS_ADDR", "127.0.0.1:0")
+        .env("TALLYHOUSE_VAULT_PREFIX", prefix)
+        .env("VAULT_ADDR", &vault.0)
+        .env("VAULT_TOKEN", &vault.1);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+async fn get(url: &str) -> Option<reqwest::Response> {
+    reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .ok()
+}
+
+#[tokio::test]
+async fn ping_through_the_gateway_is_no_route_until_the_registry_serves_then_ok() {
+    let topology = unique_topology("gw");
+    let prefix = topology.namespace().to_owned();
+    let vault = vault_with_amqp_secrets(&prefix, &["gateway", "registry"]).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut gateway = service(
+        "gateway",
+        topology.namespace(),
+        &prefix,
+        &vault,
+        &[("TALLYHOUSE_HTTP_ADDR", format!("127.0.0.1:{port}"))],
+    );
+
+    // The gateway comes up alone.
+    let until = Instant::now() + Duration::from_secs(30);
+    while get(&format!("{base}/health")).await.is_none_or(|r| !r.status().is_success()) {
+        assert!(Instant::now() < until, "the gateway never answered /health");
+        assert!(gateway.try_wait().is_none(), "the gateway exited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Nothing serves registry.v1.ping yet: 503, problem+json, code no_route, Retry-After.
+    let resp = get(&format!("{base}/v1/ping")).await.expect("gateway answers");
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    assert!(resp.headers().contains_key("retry-after"));
+    assert!(resp.headers().contains_key("tallyhouse-trace-id"));
+    let problem: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(problem["code"], "no_route", "{problem}");
+    assert_eq!(problem["status"], 503);
+
+    // With the registry up, the ping goes gateway → broker → registry → back.
+    let mut registry = service("registry", topology.namespace(), &prefix, &vault, &[]);
+    let until = Instant::now() + Duration::from_secs(30);
+    let pong = loop {
+        if let Some(r) = get(&format!("{base}/v1/ping")).await {
+            if r.status() == 200 {
+                break r.json::<registry::PingResponse>().await.unwrap();
+            }
+        }
+        assert!(Instant::now() < until, "the ping never succeeded");
+        assert!(registry.try_wait().is_none(), "the registry exited");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(pong.service, "registry");
+    assert!(pong.instance.starts_with("registry.v1-"), "{}", pong.instance);
+
+    // Both stop gracefully on SIGTERM.
+    assert!(gateway.terminate().unwrap().success(), "gateway exit status");
+    assert!(registry.terminate().unwrap().success(), "registry exit status");
+    delete_topology(&amqp_uri(), &topology, &[registry::QUEUE]).await;
+}
+
+#[tokio::test]
+async fn a_service_refused_by_vault_exits_non_zero_naming_vault() {
+    let topology = unique_topology("novault");
+    let vault = (
+        std::env::var("VAULT_ADDR").unwrap_or_else(|_| "http://127.0.0.1:8200".into()),
+        "not-a-valid-token".to_owned(),
+    );
+    let cmd = service_command("registry", topology.namespace(), topology.namespace(), &vault, &[]);
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::from(cmd).kill_on_drop(true).output(),
+    )
+    .await
+    .expect("the registry gives up at once when Vault refuses it")
+    .unwrap();
+    assert!(!out.status.success(), "a service without its secrets must not run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Vault at "), "the message must name Vault: {stderr}");
+    assert!(!stderr.contains("not-a-valid-token"), "the token must not be printed: {stderr}");
+}
