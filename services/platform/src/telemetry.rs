@@ -7,7 +7,15 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Installs the global subscriber for `service`. Call once, first thing in `main`.
 pub fn init_telemetry(service: &'static str, environment: &str, filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        // lapin logs a returned (unroutable) message whole, payload included,
+        // at WARN: the RPC client reports it as NoRoute instead.
+        .add_directive(
+            "lapin::returned_messages=error"
+                .parse()
+                .expect("static directive"),
+        );
     let json = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
