@@ -1,7 +1,7 @@
 //! The gateway and the registry as real processes, configured the way the
 //! run command configures them (secrets from OpenBao), through HTTP.
 
-use platform::testing::{amqp_uri, delete_topology, unique_topology};
+use platform::testing::{amqp_uri, delete_topology, unique_topology, vault_addr, vault_root_token};
 use rpc_contracts::registry;
 use std::collections::HashMap;
 use std::process::Command;
@@ -13,9 +13,8 @@ use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 /// OpenBao of the test command, and a fresh secret prefix holding the AMQP
 /// credentials of `services`.
 async fn vault_with_amqp_secrets(prefix: &str, services: &[&str]) -> (String, String) {
-    let addr = std::env::var("VAULT_ADDR").unwrap_or_else(|_| "http://127.0.0.1:8200".into());
-    let token = std::env::var("TALLYHOUSE_TEST_VAULT_ROOT_TOKEN")
-        .expect("TALLYHOUSE_TEST_VAULT_ROOT_TOKEN: run the tests with deployment/test.sh");
+    let addr = vault_addr();
+    let token = vault_root_token();
     let client = VaultClient::new(
         VaultClientSettingsBuilder::default()
             .address(&addr)
@@ -35,19 +34,38 @@ async fn vault_with_amqp_secrets(prefix: &str, services: &[&str]) -> (String, St
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
-fn service(bin: &str, namespace: &str, prefix: &str, vault: &(String, String), extra: &[(&str, String)]) -> ChildProcess {
+fn service(
+    bin: &str,
+    namespace: &str,
+    prefix: &str,
+    vault: &(String, String),
+    extra: &[(&str, String)],
+) -> ChildProcess {
     let mut cmd = service_command(bin, namespace, prefix, vault, extra);
     ChildProcess::spawn(bin, &mut cmd).expect("spawn service")
 }
 
-fn service_command(bin: &str, namespace: &str, prefix: &str, vault: &(String, String), extra: &[(&str, String)]) -> Command {
+fn service_command(
+    bin: &str,
+    namespace: &str,
+    prefix: &str,
+    vault: &(String, String),
+    extra: &[(&str, String)],
+) -> Command {
     let amqp = amqp_uri();
     let mut cmd = Command::new(workspace_bin(bin));
     cmd.env_clear()
-        .env("TALLYHOUSE_AMQP_URIS", format!("amqp://{}/%2f", amqp.host_port()))
+        .env(
+            "TALLYHOUSE_AMQP_URIS",
+            format!("amqp://{}/%2f", amqp.host_port()),
+        )
         .env("TALLYHOUSE_RPC_NAMESPACE", namespace)
         .env("TALLYHOUSE_ENVIRONMENT", "test")
         .env("TALLYHOUSE_METRICS_ADDR", "127.0.0.1:0")
@@ -86,14 +104,19 @@ async fn ping_through_the_gateway_is_no_route_until_the_registry_serves_then_ok(
 
     // The gateway comes up alone.
     let until = Instant::now() + Duration::from_secs(30);
-    while get(&format!("{base}/health")).await.is_none_or(|r| !r.status().is_success()) {
+    while get(&format!("{base}/health"))
+        .await
+        .is_none_or(|r| !r.status().is_success())
+    {
         assert!(Instant::now() < until, "the gateway never answered /health");
         assert!(gateway.try_wait().is_none(), "the gateway exited");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // Nothing serves registry.v1.ping yet: 503, problem+json, code no_route, Retry-After.
-    let resp = get(&format!("{base}/v1/ping")).await.expect("gateway answers");
+    let resp = get(&format!("{base}/v1/ping"))
+        .await
+        .expect("gateway answers");
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
     assert!(resp.headers().contains_key("retry-after"));
@@ -106,41 +129,65 @@ async fn ping_through_the_gateway_is_no_route_until_the_registry_serves_then_ok(
     let mut registry = service("registry", topology.namespace(), &prefix, &vault, &[]);
     let until = Instant::now() + Duration::from_secs(30);
     let pong = loop {
-        if let Some(r) = get(&format!("{base}/v1/ping")).await {
-            if r.status() == 200 {
-                break r.json::<registry::PingResponse>().await.unwrap();
-            }
+        if let Some(r) = get(&format!("{base}/v1/ping")).await
+            && r.status() == 200
+        {
+            break r.json::<registry::PingResponse>().await.unwrap();
         }
         assert!(Instant::now() < until, "the ping never succeeded");
         assert!(registry.try_wait().is_none(), "the registry exited");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(pong.service, "registry");
-    assert!(pong.instance.starts_with("registry.v1-"), "{}", pong.instance);
+    assert!(
+        pong.instance.starts_with("registry.v1-"),
+        "{}",
+        pong.instance
+    );
 
     // Both stop gracefully on SIGTERM.
-    assert!(gateway.terminate().unwrap().success(), "gateway exit status");
-    assert!(registry.terminate().unwrap().success(), "registry exit status");
+    assert!(
+        gateway.terminate().unwrap().success(),
+        "gateway exit status"
+    );
+    assert!(
+        registry.terminate().unwrap().success(),
+        "registry exit status"
+    );
     delete_topology(&amqp_uri(), &topology, &[registry::QUEUE]).await;
 }
 
 #[tokio::test]
 async fn a_service_refused_by_vault_exits_non_zero_naming_vault() {
     let topology = unique_topology("novault");
-    let vault = (
-        std::env::var("VAULT_ADDR").unwrap_or_else(|_| "http://127.0.0.1:8200".into()),
-        "not-a-valid-token".to_owned(),
+    let vault = (vault_addr(), "not-a-valid-token".to_owned());
+    let cmd = service_command(
+        "registry",
+        topology.namespace(),
+        topology.namespace(),
+        &vault,
+        &[],
     );
-    let cmd = service_command("registry", topology.namespace(), topology.namespace(), &vault, &[]);
     let out = tokio::time::timeout(
         Duration::from_secs(30),
-        tokio::process::Command::from(cmd).kill_on_drop(true).output(),
+        tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
+            .output(),
     )
     .await
     .expect("the registry gives up at once when Vault refuses it")
     .unwrap();
-    assert!(!out.status.success(), "a service without its secrets must not run");
+    assert!(
+        !out.status.success(),
+        "a service without its secrets must not run"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("Vault at "), "the message must name Vault: {stderr}");
-    assert!(!stderr.contains("not-a-valid-token"), "the token must not be printed: {stderr}");
+    assert!(
+        stderr.contains("Vault at "),
+        "the message must name Vault: {stderr}"
+    );
+    assert!(
+        !stderr.contains("not-a-valid-token"),
+        "the token must not be printed: {stderr}"
+    );
 }

@@ -26,6 +26,19 @@ pub fn amqp_uri() -> BrokerUri {
     BrokerUri::parse(&uri).expect("TALLYHOUSE_TEST_AMQP_URI is a valid AMQP URI")
 }
 
+/// The test command's OpenBao address (`VAULT_ADDR`, else the local default).
+#[allow(clippy::disallowed_methods)] // the harness is configured by the test command's environment
+pub fn vault_addr() -> String {
+    std::env::var("VAULT_ADDR").unwrap_or_else(|_| "http://127.0.0.1:8200".to_owned())
+}
+
+/// The root token of the test command's OpenBao dev server.
+#[allow(clippy::disallowed_methods)] // the harness is configured by the test command's environment
+pub fn vault_root_token() -> String {
+    std::env::var("TALLYHOUSE_TEST_VAULT_ROOT_TOKEN")
+        .expect("TALLYHOUSE_TEST_VAULT_ROOT_TOKEN is unset: run the tests with deployment/test.sh")
+}
+
 /// A fresh namespace, so each test has its own exchange and queues.
 pub fn unique_topology(tag: &str) -> Topology {
     let id = &uuid::Uuid::new_v4().simple().to_string()[..10];

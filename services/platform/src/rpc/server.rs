@@ -452,6 +452,7 @@ fn header_string(delivery: &Delivery, key: &str) -> Option<String> {
     }
 }
 
+#[allow(clippy::disallowed_methods)] // the RPC server is the sanctioned publisher of replies
 async fn handle(
     delivery: Delivery,
     channel: Channel,
