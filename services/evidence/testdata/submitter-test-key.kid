@@ -1,0 +1,1 @@
+6sOpNH4X4TUEhQPxIaCq6hg-haZXMb2KKBvm0CjFeYc
