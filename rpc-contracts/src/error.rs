@@ -26,6 +26,28 @@ pub enum ErrorCode {
     Forbidden,
     /// The server has no handler for this routing key.
     UnknownMethod,
+    /// The package is not valid JSON or breaks the package schema.
+    MalformedPackage,
+    /// The signing key id is not registered.
+    UnknownKey,
+    /// The signature does not verify over the exact body.
+    BadSignature,
+    /// The signing key was revoked before the package was received.
+    KeyRevoked,
+    /// The signing key is not valid yet at the receive time.
+    KeyNotYetValid,
+    /// The signing key's validity ended before the receive time.
+    KeyExpired,
+    /// The signing key belongs to another submitter than the package names.
+    KeySubmitterMismatch,
+    /// The package was signed for another deployment.
+    WrongAudience,
+    /// The package's created_at is outside the accepted window.
+    CreatedAtOutOfWindow,
+    /// The body is over the size limit.
+    PayloadTooLarge,
+    /// The body's content type is not accepted.
+    UnsupportedMediaType,
     /// A dependency (database, storage, Vault) is unavailable; retry later.
     Unavailable,
     /// The call's deadline passed before an answer arrived.
@@ -52,6 +74,17 @@ impl ErrorCode {
             Self::Conflict => "conflict",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
+            Self::MalformedPackage => "malformed_package",
+            Self::UnknownKey => "unknown_key",
+            Self::BadSignature => "bad_signature",
+            Self::KeyRevoked => "key_revoked",
+            Self::KeyNotYetValid => "key_not_yet_valid",
+            Self::KeyExpired => "key_expired",
+            Self::KeySubmitterMismatch => "key_submitter_mismatch",
+            Self::WrongAudience => "wrong_audience",
+            Self::CreatedAtOutOfWindow => "created_at_out_of_window",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
             Self::UnknownMethod => "unknown_method",
             Self::Unavailable => "unavailable",
             Self::DeadlineExceeded => "deadline_exceeded",
@@ -78,6 +111,17 @@ impl ErrorCode {
         Self::Conflict,
         Self::Unauthorized,
         Self::Forbidden,
+        Self::MalformedPackage,
+        Self::UnknownKey,
+        Self::BadSignature,
+        Self::KeyRevoked,
+        Self::KeyNotYetValid,
+        Self::KeyExpired,
+        Self::KeySubmitterMismatch,
+        Self::WrongAudience,
+        Self::CreatedAtOutOfWindow,
+        Self::PayloadTooLarge,
+        Self::UnsupportedMediaType,
         Self::UnknownMethod,
         Self::Unavailable,
         Self::DeadlineExceeded,

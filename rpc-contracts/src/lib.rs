@@ -13,8 +13,11 @@
 //! ```
 
 pub mod bytes;
+pub mod codec;
 pub mod envelope;
 pub mod error;
+pub mod ids;
+pub mod ingest;
 pub mod registry;
 pub mod testkit;
 pub mod topology;
@@ -22,6 +25,7 @@ pub mod topology;
 pub use bytes::Bytes;
 pub use envelope::Reply;
 pub use error::{ErrorCode, RpcError};
+pub use ids::{KeyId, SubmitterId};
 pub use topology::{ServiceQueue, Topology};
 
 use serde::{Serialize, de::DeserializeOwned};
@@ -48,6 +52,23 @@ pub trait Call: 'static {
 /// by tests to check naming rules and by tools that list the API.
 pub const ALL_CALLS: &[(ServiceQueue, &str)] = &[
     (registry::Ping::SERVICE, registry::Ping::METHOD),
+    (
+        registry::AddSubmitter::SERVICE,
+        registry::AddSubmitter::METHOD,
+    ),
+    (
+        registry::ListSubmitters::SERVICE,
+        registry::ListSubmitters::METHOD,
+    ),
+    (registry::AddKey::SERVICE, registry::AddKey::METHOD),
+    (registry::ListKeys::SERVICE, registry::ListKeys::METHOD),
+    (registry::RevokeKey::SERVICE, registry::RevokeKey::METHOD),
+    (registry::GetKey::SERVICE, registry::GetKey::METHOD),
+    (
+        ingest::SubmitPackage::SERVICE,
+        ingest::SubmitPackage::METHOD,
+    ),
+    (ingest::ReceiptKeys::SERVICE, ingest::ReceiptKeys::METHOD),
     (testkit::Echo::SERVICE, testkit::Echo::METHOD),
     (testkit::Sleep::SERVICE, testkit::Sleep::METHOD),
     (testkit::Fail::SERVICE, testkit::Fail::METHOD),
