@@ -12,3 +12,9 @@ pub fn now_unix_ms() -> u64 {
         .unwrap_or(Duration::ZERO)
         .as_millis() as u64
 }
+
+/// The current time, as a timestamp for records and receipts.
+#[allow(clippy::disallowed_methods)] // the one sanctioned reading of the wall clock
+pub fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}

@@ -7,8 +7,10 @@
 pub mod amqp;
 pub mod clock;
 pub mod config;
+pub mod db;
 pub mod ops;
 pub mod rpc;
+pub mod s3;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -343,3 +343,163 @@ impl Drop for DedicatedBroker {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The test command's PostgreSQL superuser URL (`TALLYHOUSE_TEST_DATABASE_URL`,
+/// else the local stack's `postgres://postgres@127.0.0.1:5432/postgres`).
+#[allow(clippy::disallowed_methods)] // the harness is configured by the test command's environment
+pub fn database_admin_url() -> String {
+    std::env::var("TALLYHOUSE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// `url` with its database (path) replaced by `database`, query kept.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{database}", &base[..authority_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+async fn admin_connection() -> sqlx::PgConnection {
+    use sqlx::Connection as _;
+    let url = database_admin_url();
+    sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
+        panic!("cannot connect to the test PostgreSQL (TALLYHOUSE_TEST_DATABASE_URL): {e}")
+    })
+}
+
+/// A fresh, empty database with a random name (`tallyhouse_test_<hex>`),
+/// created through the superuser connection of [`database_admin_url`].
+/// Returns its name and a URL of it with the superuser's credentials. Drop it
+/// with [`drop_test_database`].
+pub async fn test_database() -> (String, String) {
+    let name = format!(
+        "tallyhouse_test_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let mut conn = admin_connection().await;
+    // The name is ours (hex only), so formatting it into the statement is safe.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+    let url = with_database(&database_admin_url(), &name);
+    (name, url)
+}
+
+/// Drops a database made by [`test_database`], closing its sessions first.
+/// Errors are ignored: cleanup must not fail a test.
+pub async fn drop_test_database(name: &str) {
+    assert!(
+        name.starts_with("tallyhouse_test_")
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        "refusing to drop {name:?}: not a test database"
+    );
+    let mut conn = admin_connection().await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await;
+}
+
+/// Host, port, user name and password (empty when none; as written in the
+/// URL, percent-encoding included) of a PostgreSQL URL, to hand a spawned service its `TALLYHOUSE_DATABASE_*` flags and its
+/// Vault `database` secret.
+pub fn database_login(url: &str) -> (String, u16, String, String) {
+    let options: sqlx::postgres::PgConnectOptions = url
+        .parse()
+        .unwrap_or_else(|e| panic!("invalid PostgreSQL URL: {e}"));
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', '?']).next())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, pw)| pw.to_owned())
+        .unwrap_or_default();
+    (
+        options.get_host().to_owned(),
+        options.get_port(),
+        options.get_username().to_owned(),
+        password,
+    )
+}
+
+/// The rows of `sql` (a query written by the test) on the database at
+/// `url`, each as a JSON object (`to_jsonb` of the row; timestamps in UTC).
+pub async fn query_json(url: &str, sql: &str) -> Vec<serde_json::Value> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", with_database(url, "…")));
+    sqlx::query("SET TIME ZONE 'UTC'")
+        .execute(&mut conn)
+        .await
+        .expect("SET TIME ZONE");
+    let rows = sqlx::query_scalar::<_, serde_json::Value>(sqlx::AssertSqlSafe(format!(
+        "SELECT to_jsonb(q) FROM ({sql}) AS q"
+    )))
+    .fetch_all(&mut conn)
+    .await
+    .unwrap_or_else(|e| panic!("query failed: {e}\n{sql}"));
+    let _ = conn.close().await;
+    rows
+}
+
+/// For a spawned service that reads `database`: a fresh database
+/// ([`test_database`]), the service's `database` secret written to the test
+/// OpenBao at `<prefix>/<service>/database` (the test superuser's login), and
+/// the `TALLYHOUSE_DATABASE_*` variables pointing the service at it. Returns
+/// the database's name (for [`drop_test_database`]), its URL (to query it
+/// directly) and the variables to set on the service's command.
+pub async fn service_test_database(
+    prefix: &str,
+    service: &str,
+) -> (String, String, Vec<(&'static str, String)>) {
+    let (name, url) = test_database().await;
+    let (host, port, username, password) = database_login(&url);
+    // With trust authentication the password is not checked, but the secret
+    // always carries one, as in deployment.
+    let password = if password.is_empty() {
+        "unused-with-trust-auth".to_owned()
+    } else {
+        password
+    };
+    let client = vaultrs::client::VaultClient::new(
+        vaultrs::client::VaultClientSettingsBuilder::default()
+            .address(vault_addr())
+            .token(vault_root_token())
+            .build()
+            .expect("Vault client settings"),
+    )
+    .expect("Vault client");
+    let secret: std::collections::HashMap<&str, &str> = [
+        ("username", username.as_str()),
+        ("password", password.as_str()),
+    ]
+    .into();
+    vaultrs::kv2::set(
+        &client,
+        "secret",
+        &format!("{prefix}/{service}/database"),
+        &secret,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("write {prefix}/{service}/database: {e}"));
+    let env = vec![
+        ("TALLYHOUSE_DATABASE_HOST", host),
+        ("TALLYHOUSE_DATABASE_PORT", port.to_string()),
+        ("TALLYHOUSE_DATABASE_NAME", name.clone()),
+    ];
+    (name, url, env)
+}

@@ -195,7 +195,7 @@ impl RpcClient {
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         tracing::Span::current().record("trace_id", trace_id.as_str());
 
-        let result = match serde_json::to_vec(request) {
+        let result = match rpc_contracts::codec::encode(request) {
             Err(e) => Err(RpcError::new(
                 ErrorCode::Internal,
                 format!("cannot encode request: {e}"),
@@ -283,7 +283,7 @@ impl RpcClient {
         let properties = BasicProperties::default()
             .with_correlation_id(correlation_id.as_str().into())
             .with_reply_to(DIRECT_REPLY_TO.into())
-            .with_content_type("application/json".into())
+            .with_content_type(rpc_contracts::codec::CONTENT_TYPE.into())
             .with_delivery_mode(2)
             .with_expiration(remaining_ms.to_string().into())
             .with_headers(headers);
@@ -344,7 +344,7 @@ fn disconnected(why: &str) -> RpcError {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, RpcError> {
-    match serde_json::from_slice::<Reply<T>>(bytes) {
+    match rpc_contracts::codec::decode::<Reply<T>>(bytes) {
         Ok(reply) => reply.into(),
         Err(e) => Err(RpcError::new(
             ErrorCode::Internal,

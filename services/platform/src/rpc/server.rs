@@ -84,12 +84,12 @@ struct Handled {
 }
 
 fn encode_reply<T: serde::Serialize>(reply: &Reply<T>) -> Vec<u8> {
-    serde_json::to_vec(reply).unwrap_or_else(|e| {
+    rpc_contracts::codec::encode(reply).unwrap_or_else(|e| {
         let err: Reply<()> = Reply::Error(RpcError::new(
             ErrorCode::Internal,
             format!("cannot encode reply: {e}"),
         ));
-        serde_json::to_vec(&err).expect("an error reply always encodes")
+        rpc_contracts::codec::encode(&err).expect("an error reply always encodes")
     })
 }
 
@@ -132,7 +132,7 @@ impl RpcServerBuilder {
         let erased: Handler = Arc::new(move |ctx, body| {
             let handler = handler.clone();
             async move {
-                let request: C::Request = match serde_json::from_slice(&body) {
+                let request: C::Request = match rpc_contracts::codec::decode(&body) {
                     Ok(r) => r,
                     Err(e) => {
                         return error_reply(RpcError::new(
@@ -454,7 +454,7 @@ fn header_string(delivery: &Delivery, key: &str) -> Option<String> {
 
 #[allow(clippy::disallowed_methods)] // the RPC server is the sanctioned publisher of replies
 async fn handle(
-    delivery: Delivery,
+    mut delivery: Delivery,
     channel: Channel,
     shared: Arc<Shared>,
     metrics: RpcMetrics,
@@ -499,7 +499,7 @@ async fn handle(
                         as u32,
                     instance: shared.instance.clone(),
                 };
-                match AssertUnwindSafe(handler(ctx, delivery.data.clone()))
+                match AssertUnwindSafe(handler(ctx, std::mem::take(&mut delivery.data)))
                     .catch_unwind()
                     .await
                 {
@@ -523,7 +523,8 @@ async fn handle(
             .server
             .record(method, started.elapsed().as_secs_f64(), handled.error);
         if let Some(reply_to) = delivery.properties.reply_to() {
-            let mut props = BasicProperties::default().with_content_type("application/json".into());
+            let mut props = BasicProperties::default()
+                .with_content_type(rpc_contracts::codec::CONTENT_TYPE.into());
             if let Some(id) = delivery.properties.correlation_id() {
                 props = props.with_correlation_id(id.clone());
             }

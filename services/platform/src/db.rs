@@ -1,0 +1,300 @@
+//! PostgreSQL for the services that own a database: the connection flags
+//! ([`DatabaseArgs`]), the credentials read from Vault
+//! ([`DatabaseCredentials`]), a pool that waits for the server at start-up
+//! ([`connect`]), and the one mapping from `sqlx` errors to wire errors
+//! ([`rpc_error`]): the server being down is `unavailable` (retryable),
+//! anything unexpected is `internal`, logged once here.
+
+use crate::amqp::Backoff;
+use crate::vault::{Vault, VaultError};
+use rpc_contracts::{ErrorCode, RpcError};
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::Deserialize;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+use std::fmt;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Where a service's database is, and how its pool behaves. The user name
+/// and password are not flags: they come from Vault ([`DatabaseCredentials`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL host.
+    #[arg(long, env = "TALLYHOUSE_DATABASE_HOST", default_value = "127.0.0.1")]
+    pub database_host: String,
+
+    /// PostgreSQL port.
+    #[arg(long, env = "TALLYHOUSE_DATABASE_PORT", default_value_t = 5432)]
+    pub database_port: u16,
+
+    /// Name of the service's database (e.g. `tallyhouse_registry`).
+    #[arg(long, env = "TALLYHOUSE_DATABASE_NAME", required = true)]
+    pub database_name: String,
+
+    /// Most connections the pool holds open at once.
+    #[arg(long, env = "TALLYHOUSE_DATABASE_POOL_SIZE", default_value_t = 10)]
+    pub database_pool_size: u32,
+
+    /// How long a query waits for a pooled connection before failing with
+    /// `unavailable`, in milliseconds.
+    #[arg(
+        long,
+        env = "TALLYHOUSE_DATABASE_ACQUIRE_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub database_acquire_timeout_ms: u64,
+
+    /// How long start-up waits for an unreachable database before giving up, in seconds.
+    #[arg(
+        long,
+        env = "TALLYHOUSE_DATABASE_STARTUP_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    pub database_startup_timeout_secs: u64,
+}
+
+/// The `database` secret of a service in Vault: its PostgreSQL login.
+#[derive(Clone, Deserialize)]
+pub struct DatabaseCredentials {
+    /// PostgreSQL role.
+    pub username: String,
+    /// Its password (never logged: `Debug` hides it).
+    pub password: SecretString,
+}
+
+impl fmt::Debug for DatabaseCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseCredentials")
+            .field("username", &self.username)
+            .field("password", &"[redacted]")
+            .finish()
+    }
+}
+
+impl DatabaseCredentials {
+    /// Reads the service's `database` secret.
+    pub async fn from_vault(vault: &Vault) -> Result<Self, VaultError> {
+        vault.read("database").await
+    }
+}
+
+/// Why the database could not be reached at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The server did not answer within the start-up bound.
+    #[error("PostgreSQL at {addr} (database {database}) was unreachable for {waited:?}: {reason}")]
+    Unreachable {
+        /// `host:port`.
+        addr: String,
+        /// The database name.
+        database: String,
+        /// How long we tried.
+        waited: Duration,
+        /// The last error.
+        reason: String,
+    },
+    /// The server answered but refused (bad credentials, missing database...).
+    #[error("PostgreSQL at {addr} refused to connect to database {database}: {reason}")]
+    Refused {
+        /// `host:port`.
+        addr: String,
+        /// The database name.
+        database: String,
+        /// What the server said.
+        reason: String,
+    },
+}
+
+/// A pool for `args`' database, logged in as `creds`, named `application`
+/// in `pg_stat_activity`. Waits (with backoff) while the server is
+/// unreachable, up to the start-up bound; a refusal (authentication, missing
+/// database) fails at once. Connection parameters come only from `args` and
+/// `creds`, never from `PG*` environment variables or `.pgpass`.
+pub async fn connect(
+    application: &str,
+    args: &DatabaseArgs,
+    creds: &DatabaseCredentials,
+) -> Result<PgPool, ConnectError> {
+    let options = PgConnectOptions::new_without_pgpass()
+        .host(&args.database_host)
+        .port(args.database_port)
+        .username(&creds.username)
+        .password(creds.password.expose_secret())
+        .database(&args.database_name)
+        .application_name(application)
+        // The workspace builds sqlx without a TLS stack; `prefer` would
+        // silently fall back anyway. Say so explicitly.
+        .ssl_mode(PgSslMode::Disable);
+    let pool = PgPoolOptions::new()
+        .max_connections(args.database_pool_size.max(1))
+        .acquire_timeout(Duration::from_millis(args.database_acquire_timeout_ms))
+        .connect_lazy_with(options);
+    let addr = format!("{}:{}", args.database_host, args.database_port);
+    let bound = Duration::from_secs(args.database_startup_timeout_secs);
+    let started = Instant::now();
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match pool.acquire().await {
+            Ok(_conn) => {
+                tracing::info!(
+                    database = %args.database_name,
+                    addr = %addr,
+                    user = %creds.username,
+                    "database reachable"
+                );
+                return Ok(pool);
+            }
+            Err(e) if is_unavailable(&e) => {
+                let waited = started.elapsed();
+                if waited >= bound {
+                    return Err(ConnectError::Unreachable {
+                        addr,
+                        database: args.database_name.clone(),
+                        waited,
+                        reason: e.to_string(),
+                    });
+                }
+                tracing::warn!(addr = %addr, error = %e, "database not reachable yet; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => {
+                return Err(ConnectError::Refused {
+                    addr,
+                    database: args.database_name.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// Reads the service's `database` secret from Vault and connects (see [`connect`]).
+pub async fn connect_with_vault(
+    application: &str,
+    args: &DatabaseArgs,
+    vault: &Vault,
+) -> anyhow::Result<PgPool> {
+    let creds = DatabaseCredentials::from_vault(vault).await?;
+    Ok(connect(application, args, &creds).await?)
+}
+
+/// The SQLSTATE of a database error, if `err` is one.
+pub fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    match err {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// Whether `err` means "the database is not reachable or not serving now":
+/// I/O and TLS failures, an exhausted or closed pool, and the SQLSTATEs of
+/// connection exceptions (`08…`), insufficient resources (`53…`), operator
+/// intervention (`57P01`–`57P03`) and serialization failures or deadlocks
+/// (`40001`, `40P01`). Retrying later may succeed.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || code.starts_with("53")
+                || matches!(&*code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
+        }),
+        _ => false,
+    }
+}
+
+/// Whether `err` is a unique violation, of `constraint` if given.
+pub fn is_unique_violation(err: &sqlx::Error, constraint: Option<&str>) -> bool {
+    violation(err, sqlx::error::ErrorKind::UniqueViolation, constraint)
+}
+
+/// Whether `err` is a foreign-key violation, of `constraint` if given.
+pub fn is_foreign_key_violation(err: &sqlx::Error, constraint: Option<&str>) -> bool {
+    violation(err, sqlx::error::ErrorKind::ForeignKeyViolation, constraint)
+}
+
+/// Whether `err` is a check-constraint violation, of `constraint` if given.
+pub fn is_check_violation(err: &sqlx::Error, constraint: Option<&str>) -> bool {
+    violation(err, sqlx::error::ErrorKind::CheckViolation, constraint)
+}
+
+fn violation(err: &sqlx::Error, kind: sqlx::error::ErrorKind, constraint: Option<&str>) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            db.kind() == kind && constraint.is_none_or(|c| db.constraint() == Some(c))
+        }
+        _ => false,
+    }
+}
+
+/// The wire error for a database failure the handler has no better answer
+/// for: `unavailable` (retryable) when the database is down or busy, and
+/// `internal` otherwise. Logs it once, here, with the detail; the message
+/// on the wire names only `what` was being done. Handlers map the errors
+/// they expect (a unique violation meaning `conflict`, say) before calling
+/// this.
+pub fn rpc_error(what: &str, err: &sqlx::Error) -> RpcError {
+    if is_unavailable(err) {
+        tracing::warn!(error = %err, sqlstate = sqlstate(err), "database unavailable while {what}");
+        RpcError::new(
+            ErrorCode::Unavailable,
+            format!("the database is unavailable ({what}); retry later"),
+        )
+    } else {
+        tracing::error!(error = %err, sqlstate = sqlstate(err), "database error while {what}");
+        RpcError::new(ErrorCode::Internal, format!("database error while {what}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    }
+
+    #[test]
+    fn flags_have_local_defaults_and_the_name_is_required() {
+        assert!(Cli::try_parse_from(["svc"]).is_err());
+        let cli = Cli::try_parse_from(["svc", "--database-name", "tallyhouse_registry"]).unwrap();
+        assert_eq!(cli.db.database_host, "127.0.0.1");
+        assert_eq!(cli.db.database_port, 5432);
+        assert_eq!(cli.db.database_name, "tallyhouse_registry");
+    }
+
+    #[test]
+    fn credentials_never_show_the_password() {
+        let creds: DatabaseCredentials =
+            serde_json::from_str(r#"{"username":"tallyhouse_registry","password":"s3cr3t-pw"}"#)
+                .unwrap();
+        let shown = format!("{creds:?}");
+        assert!(shown.contains("tallyhouse_registry"));
+        assert!(!shown.contains("s3cr3t-pw"), "{shown}");
+    }
+
+    #[test]
+    fn pool_and_io_errors_are_unavailable_and_retryable() {
+        for err in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        ] {
+            assert!(is_unavailable(&err), "{err}");
+            let wire = rpc_error("testing", &err);
+            assert_eq!(wire.code, ErrorCode::Unavailable);
+            assert!(wire.retryable);
+        }
+        let wire = rpc_error("testing", &sqlx::Error::RowNotFound);
+        assert_eq!(wire.code, ErrorCode::Internal);
+        assert!(!wire.retryable);
+    }
+}
