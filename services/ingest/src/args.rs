@@ -1,0 +1,63 @@
+//! The ingest service's flags.
+
+use platform::config::CommonArgs;
+use platform::db::DatabaseArgs;
+use platform::s3::S3Args;
+use secrecy::SecretString;
+
+/// Flags of `ingest serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Flags shared by every service.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The time-series database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The evidence bucket.
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// This deployment's name: packages must be signed for it.
+    #[arg(long, env = "TALLYHOUSE_AUDIENCE", default_value = "local")]
+    pub audience: String,
+    /// How far in the past a package's `created_at` may be, in seconds.
+    #[arg(long, env = "TALLYHOUSE_CREATED_AT_MAX_AGE_SECS", default_value_t = 7 * 24 * 3600)]
+    pub created_at_max_age_secs: u64,
+    /// How far in the future a package's `created_at` may be (clock skew), in seconds.
+    #[arg(
+        long,
+        env = "TALLYHOUSE_CREATED_AT_MAX_SKEW_SECS",
+        default_value_t = 300
+    )]
+    pub created_at_max_skew_secs: u64,
+    /// Oldest record time accepted, in days before the receive time.
+    #[arg(long, env = "TALLYHOUSE_RECORD_MAX_AGE_DAYS", default_value_t = 400)]
+    pub record_max_age_days: u32,
+    /// How long a key looked up in the registry is trusted, in milliseconds.
+    #[arg(long, env = "TALLYHOUSE_KEY_CACHE_TTL_MS", default_value_t = 2_000)]
+    pub key_cache_ttl_ms: u64,
+    /// Signature verifications at once (default: the number of cores).
+    #[arg(long, env = "TALLYHOUSE_VERIFY_CONCURRENCY")]
+    pub verify_concurrency: Option<usize>,
+}
+
+/// Flags of `ingest migrate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateArgs {
+    /// Connection URL of the database owner (a deploy-time credential).
+    #[arg(long, env = "TALLYHOUSE_ADMIN_DATABASE_URL", hide_env_values = true)]
+    pub admin_database_url: SecretString,
+    /// The role the service connects as; it gets SELECT and INSERT only.
+    #[arg(
+        long,
+        env = "TALLYHOUSE_SERVICE_ROLE",
+        default_value = "tallyhouse_ingest"
+    )]
+    pub service_role: String,
+    /// Deployment name, a log label.
+    #[arg(long, env = "TALLYHOUSE_ENVIRONMENT", default_value = "local")]
+    pub environment: String,
+    /// Days of partitions to create ahead of today.
+    #[arg(long, env = "TALLYHOUSE_PARTITIONS_AHEAD_DAYS", default_value_t = 14)]
+    pub partitions_ahead_days: u32,
+}

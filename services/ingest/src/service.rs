@@ -1,0 +1,367 @@
+//! `ingest serve`: start-up, and the SubmitPackage handler: cheap checks
+//! first, then the signature over the exact bytes, then the parse of those
+//! bytes, then evidence to S3, then one transaction, then the receipt.
+
+use crate::args::ServeArgs;
+use crate::keys::KeyDirectory;
+use crate::schema;
+use crate::store::{PackageRow, RecordStore};
+use anyhow::Context as _;
+use evidence::{ReceiptClaims, ReceiptSigner};
+use platform::db::DatabaseCredentials;
+use platform::rpc::{RequestContext, RpcClient, RpcServer};
+use platform::s3::{EvidenceStore, S3Credentials};
+use platform::service::Service;
+use rpc_contracts::ingest::{
+    self, JwkSet, ReceiptKeysRequest, SubmitPackageRequest, SubmitPackageResponse,
+};
+use rpc_contracts::{ErrorCode, KeyId, RpcError};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+
+/// The receipt signing key, the `receipt_key` secret in Vault.
+#[derive(Deserialize)]
+struct ReceiptKeySecret {
+    private_key_pem: secrecy::SecretString,
+}
+
+struct Ingest {
+    keys: KeyDirectory,
+    store: RecordStore,
+    evidence: EvidenceStore,
+    signer: ReceiptSigner,
+    verify_slots: Semaphore,
+    audience: String,
+    created_at_max_age: time::Duration,
+    created_at_max_skew: time::Duration,
+    record_max_age: time::Duration,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut svc = Service::bootstrap(crate::SERVICE, args.common.clone()).await?;
+    let db_creds: DatabaseCredentials = svc
+        .vault
+        .read("database")
+        .await
+        .context("reading the database credentials")?;
+    let s3_creds: S3Credentials = svc
+        .vault
+        .read("s3")
+        .await
+        .context("reading the S3 credentials")?;
+    let receipt_key: ReceiptKeySecret = svc
+        .vault
+        .read("receipt_key")
+        .await
+        .context("reading the receipt key")?;
+    let signer = {
+        use secrecy::ExposeSecret as _;
+        ReceiptSigner::from_pkcs8_pem(receipt_key.private_key_pem.expose_secret())
+            .context("parsing the receipt key")?
+    };
+    let store = RecordStore::connect(&args.database, &db_creds)?;
+    store.check_schema(schema::expected_version()).await?;
+    let evidence = EvidenceStore::new(&args.s3, &s3_creds);
+    evidence
+        .ensure_bucket()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rpc = RpcClient::start(svc.rpc.clone(), svc.rpc_metrics.clone());
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let ingest = Arc::new(Ingest {
+        keys: KeyDirectory::new(rpc.clone(), Duration::from_millis(args.key_cache_ttl_ms)),
+        store,
+        evidence,
+        signer,
+        verify_slots: Semaphore::new(args.verify_concurrency.unwrap_or(cores).max(1)),
+        audience: args.audience.clone(),
+        created_at_max_age: time::Duration::seconds(args.created_at_max_age_secs as i64),
+        created_at_max_skew: time::Duration::seconds(args.created_at_max_skew_secs as i64),
+        record_max_age: time::Duration::days(i64::from(args.record_max_age_days)),
+    });
+    let submit = ingest.clone();
+    let keys = ingest.clone();
+    let server = RpcServer::builder(ingest::QUEUE)
+        .on::<ingest::SubmitPackage, _, _>(move |ctx, req| {
+            let ingest = submit.clone();
+            async move { ingest.submit(ctx, req, platform::clock::now()).await }
+        })
+        .on::<ingest::ReceiptKeys, _, _>(move |_ctx, _req: ReceiptKeysRequest| {
+            let jwk = keys.signer.jwk();
+            async move { Ok(JwkSet { keys: vec![jwk] }) }
+        })
+        .build();
+    svc.serve_ops().await?;
+    svc.ready.set(true);
+    server
+        .run(svc.rpc.clone(), svc.rpc_metrics.clone(), svc.stop.clone())
+        .await;
+    rpc.close().await;
+    Ok(())
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> RpcError {
+    RpcError::new(code, message)
+}
+
+impl Ingest {
+    #[tracing::instrument(skip_all, fields(trace_id = %ctx.trace_id, size = req.body.0.len()))]
+    async fn submit(
+        &self,
+        ctx: RequestContext,
+        req: SubmitPackageRequest,
+        received_at: OffsetDateTime,
+    ) -> Result<SubmitPackageResponse, RpcError> {
+        // Cheap checks first: header shapes, then the key's state.
+        let key_id = KeyId::parse(req.key_id.trim())
+            .map_err(|_| err(ErrorCode::UnknownKey, "Tallyhouse-Key-Id is not a key id"))?;
+        let signature = evidence::decode_signature_header(&req.signature).map_err(|e| {
+            err(
+                ErrorCode::BadSignature,
+                format!("Tallyhouse-Signature: {e}"),
+            )
+        })?;
+        let known = self.keys.get(&key_id, &ctx).await?;
+        check_key_state(&known.info, received_at)?;
+
+        // The signature over the exact bytes, then the parse of those bytes.
+        let body = Arc::new(req.body.0);
+        let (package, sha256) = {
+            let _slot = self
+                .verify_slots
+                .acquire()
+                .await
+                .map_err(|_| err(ErrorCode::Unavailable, "shutting down"))?;
+            let body = body.clone();
+            let key = known.clone();
+            tokio::task::spawn_blocking(move || {
+                key.key.verify(&body, &signature).map_err(|_| {
+                    err(
+                        ErrorCode::BadSignature,
+                        "the signature does not verify over the body",
+                    )
+                })?;
+                let sha256 = evidence::sha256(&body);
+                let package = evidence::parse_package(&body)
+                    .map_err(|e| err(ErrorCode::MalformedPackage, e.to_string()))?;
+                Ok::<_, RpcError>((package, sha256))
+            })
+            .await
+            .map_err(|_| err(ErrorCode::Internal, "verification task failed"))??
+        };
+        let signature = evidence::decode_signature_header(&req.signature).unwrap_or_default();
+
+        if package.submitter_id != known.info.submitter_id {
+            return Err(err(
+                ErrorCode::KeySubmitterMismatch,
+                format!(
+                    "key {key_id} belongs to another submitter than {}",
+                    package.submitter_id
+                ),
+            ));
+        }
+        if package.audience != self.audience {
+            return Err(err(
+                ErrorCode::WrongAudience,
+                format!(
+                    "the package is for audience {:?}, this deployment is {:?}",
+                    package.audience, self.audience
+                ),
+            ));
+        }
+        if package.created_at < received_at - self.created_at_max_age
+            || package.created_at > received_at + self.created_at_max_skew
+        {
+            return Err(err(
+                ErrorCode::CreatedAtOutOfWindow,
+                format!(
+                    "created_at {} is outside the accepted window",
+                    rfc3339(package.created_at)
+                ),
+            ));
+        }
+        let (mut min_ts, mut max_ts) = (received_at, received_at);
+        for (i, r) in package.records.iter().enumerate() {
+            if r.ts < received_at - self.record_max_age
+                || r.ts > received_at + time::Duration::days(1)
+            {
+                return Err(err(
+                    ErrorCode::MalformedPackage,
+                    format!(
+                        "/records/{i}/ts: {} is outside the accepted range",
+                        rfc3339(r.ts)
+                    ),
+                ));
+            }
+            min_ts = min_ts.min(r.ts);
+            max_ts = max_ts.max(r.ts);
+        }
+
+        // Idempotency: (submitter_id, package_id) and the body's SHA-256.
+        let submitter = package.submitter_id.as_str().to_owned();
+        if let Some(existing) = self.store.existing(&submitter, package.package_id).await? {
+            return same_or_conflict(&existing.sha256, &sha256, existing.receipt);
+        }
+
+        let claims = ReceiptClaims {
+            package_id: package.package_id,
+            submitter_id: package.submitter_id.clone(),
+            sha256: hex::encode(sha256),
+            size: body.len() as u64,
+            records: package.records.len() as u64,
+            received_at,
+        };
+        let receipt = self.signer.sign(&claims).map_err(|e| {
+            tracing::error!(error = %e, "cannot sign receipt");
+            err(ErrorCode::Internal, "cannot sign the receipt")
+        })?;
+
+        // Evidence first: an orphan blob is harmless, a row without its blob is not.
+        let body = Arc::try_unwrap(body).unwrap_or_else(|b| (*b).clone());
+        let size = body.len() as i64;
+        let blob_key = self.evidence.put_blob(&sha256, body).await?;
+        self.store.ensure_partitions(min_ts, max_ts).await?;
+        let row = PackageRow {
+            submitter_id: submitter.clone(),
+            package_id: package.package_id,
+            sha256,
+            size_bytes: size,
+            record_count: package.records.len() as i32,
+            key_id: key_id.to_string(),
+            signature,
+            audience: package.audience.clone(),
+            created_at: package.created_at,
+            received_at,
+            blob_key,
+            receipt: receipt.clone(),
+        };
+        if self.store.insert(&row, &package.records).await? {
+            tracing::info!(submitter = %submitter, package_id = %package.package_id, records = package.records.len(), "package stored");
+            return Ok(SubmitPackageResponse {
+                receipt,
+                created: true,
+            });
+        }
+        // A concurrent submission of the same package id won the race.
+        match self.store.existing(&submitter, package.package_id).await? {
+            Some(existing) => same_or_conflict(&existing.sha256, &sha256, existing.receipt),
+            None => Err(err(
+                ErrorCode::Unavailable,
+                "the package row vanished; retry",
+            )),
+        }
+    }
+}
+
+fn same_or_conflict(
+    stored: &[u8],
+    sent: &[u8; 32],
+    receipt: String,
+) -> Result<SubmitPackageResponse, RpcError> {
+    if stored == sent.as_slice() {
+        Ok(SubmitPackageResponse {
+            receipt,
+            created: false,
+        })
+    } else {
+        Err(err(
+            ErrorCode::Conflict,
+            "a package with this package_id was already received with different bytes",
+        ))
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Judges the key by its state at the receive time.
+fn check_key_state(
+    info: &rpc_contracts::registry::KeyInfo,
+    at: OffsetDateTime,
+) -> Result<(), RpcError> {
+    if at < info.not_before {
+        return Err(err(
+            ErrorCode::KeyNotYetValid,
+            format!(
+                "key {} is valid from {}",
+                info.key_id,
+                rfc3339(info.not_before)
+            ),
+        ));
+    }
+    if let Some(end) = info.not_after
+        && at >= end
+    {
+        return Err(err(
+            ErrorCode::KeyExpired,
+            format!("key {} expired at {}", info.key_id, rfc3339(end)),
+        ));
+    }
+    if let Some(revoked) = info.revoked_at
+        && at >= revoked
+    {
+        return Err(err(
+            ErrorCode::KeyRevoked,
+            format!("key {} was revoked at {}", info.key_id, rfc3339(revoked)),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rpc_contracts::SubmitterId;
+    use rpc_contracts::registry::KeyInfo;
+    use time::macros::datetime;
+
+    fn key(not_after: Option<OffsetDateTime>, revoked_at: Option<OffsetDateTime>) -> KeyInfo {
+        KeyInfo {
+            key_id: KeyId::parse("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs").unwrap(),
+            submitter_id: SubmitterId::parse("acme").unwrap(),
+            public_key_pem: String::new(),
+            not_before: datetime!(2026-01-01 00:00 UTC),
+            not_after,
+            revoked_at,
+            created_at: datetime!(2026-01-01 00:00 UTC),
+        }
+    }
+
+    #[test]
+    fn a_key_is_judged_by_its_state_at_the_receive_time() {
+        let t = datetime!(2026-03-01 00:00 UTC);
+        let cases = [
+            (key(None, None), t, None),
+            (
+                key(None, None),
+                datetime!(2025-12-31 23:59 UTC),
+                Some(ErrorCode::KeyNotYetValid),
+            ),
+            (key(Some(t), None), t, Some(ErrorCode::KeyExpired)),
+            (key(None, Some(t)), t, Some(ErrorCode::KeyRevoked)),
+            // Revoked later than the receive time: the package stays valid.
+            (key(None, Some(datetime!(2026-03-02 00:00 UTC))), t, None),
+        ];
+        for (k, at, expected) in cases {
+            assert_eq!(
+                check_key_state(&k, at).err().map(|e| e.code),
+                expected,
+                "{k:?} at {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn same_bytes_return_the_stored_receipt_other_bytes_conflict() {
+        let sha = [7u8; 32];
+        let same = same_or_conflict(&sha, &sha, "r1".into()).unwrap();
+        assert_eq!((same.receipt.as_str(), same.created), ("r1", false));
+        let other = same_or_conflict(&[8u8; 32], &sha, "r1".into()).unwrap_err();
+        assert_eq!(other.code, ErrorCode::Conflict);
+    }
+}

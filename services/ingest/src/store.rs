@@ -1,0 +1,246 @@
+//! The packages and records tables, written with tokio-postgres: one
+//! transaction per package holding its row and its records (binary COPY), so
+//! nothing half-stored is ever visible.
+
+use deadpool_postgres::{Pool, Runtime};
+use evidence::Record;
+use platform::db::{DatabaseArgs, DatabaseCredentials};
+use rpc_contracts::{ErrorCode, RpcError};
+use secrecy::ExposeSecret as _;
+use std::collections::HashSet;
+use std::sync::Mutex;
+use time::{Date, OffsetDateTime};
+use tokio_postgres::NoTls;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{Json, Type};
+
+/// One package's row.
+#[derive(Debug, Clone)]
+pub struct PackageRow {
+    pub submitter_id: String,
+    pub package_id: uuid::Uuid,
+    pub sha256: [u8; 32],
+    pub size_bytes: i64,
+    pub record_count: i32,
+    pub key_id: String,
+    pub signature: Vec<u8>,
+    pub audience: String,
+    pub created_at: OffsetDateTime,
+    pub received_at: OffsetDateTime,
+    pub blob_key: String,
+    pub receipt: String,
+}
+
+/// What is already stored for a `(submitter_id, package_id)`.
+#[derive(Debug, Clone)]
+pub struct Existing {
+    pub sha256: Vec<u8>,
+    pub receipt: String,
+}
+
+/// The time-series tables.
+pub struct RecordStore {
+    pool: Pool,
+    known_days: Mutex<HashSet<Date>>,
+}
+
+/// Maps a database failure to the wire: lost connections and pool timeouts
+/// are `unavailable` (retryable); anything else is unexpected.
+pub fn db_error(e: impl Into<DbFailure>) -> RpcError {
+    match e.into() {
+        DbFailure::Pool(e) => {
+            RpcError::new(ErrorCode::Unavailable, format!("database unavailable: {e}"))
+        }
+        DbFailure::Pg(e) if e.as_db_error().is_none() => {
+            RpcError::new(ErrorCode::Unavailable, format!("database unavailable: {e}"))
+        }
+        DbFailure::Pg(e) => {
+            tracing::error!(error = %e, "database error");
+            RpcError::new(ErrorCode::Internal, "database error")
+        }
+    }
+}
+
+/// A failure from the pool or from PostgreSQL.
+pub enum DbFailure {
+    Pool(deadpool_postgres::PoolError),
+    Pg(tokio_postgres::Error),
+}
+
+impl From<deadpool_postgres::PoolError> for DbFailure {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Self::Pool(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for DbFailure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Pg(e)
+    }
+}
+
+const RECORD_TYPES: [Type; 7] = [
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::FLOAT8,
+    Type::JSONB,
+    Type::UUID,
+    Type::INT4,
+];
+
+impl RecordStore {
+    /// A pool to the time-series database.
+    pub fn connect(args: &DatabaseArgs, creds: &DatabaseCredentials) -> anyhow::Result<Self> {
+        let mut cfg = deadpool_postgres::Config::new();
+        cfg.host = Some(args.database_host.clone());
+        cfg.port = Some(args.database_port);
+        cfg.dbname = Some(args.database_name.clone());
+        cfg.user = Some(creds.username.clone());
+        cfg.password = Some(creds.password.expose_secret().to_owned());
+        cfg.application_name = Some("tallyhouse-ingest".to_owned());
+        cfg.connect_timeout = Some(std::time::Duration::from_secs(5));
+        cfg.pool = Some(deadpool_postgres::PoolConfig {
+            max_size: args.database_pool_size as usize,
+            timeouts: deadpool_postgres::Timeouts {
+                wait: Some(std::time::Duration::from_millis(
+                    args.database_acquire_timeout_ms,
+                )),
+                create: Some(std::time::Duration::from_secs(5)),
+                recycle: Some(std::time::Duration::from_secs(5)),
+            },
+            ..Default::default()
+        });
+        Ok(Self {
+            pool: cfg.create_pool(Some(Runtime::Tokio1), NoTls)?,
+            known_days: Mutex::default(),
+        })
+    }
+
+    /// Fails unless the schema is at `expected` (run `ingest migrate` first).
+    pub async fn check_schema(&self, expected: i64) -> anyhow::Result<()> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT max(version) FROM _sqlx_migrations WHERE success",
+                &[],
+            )
+            .await;
+        let version: Option<i64> = match row {
+            Ok(Some(r)) => r.get(0),
+            _ => None,
+        };
+        anyhow::ensure!(
+            version == Some(expected),
+            "the time-series schema is at version {version:?}, this build needs {expected}: run `ingest migrate`"
+        );
+        Ok(())
+    }
+
+    /// What is stored for this package id, if anything.
+    pub async fn existing(
+        &self,
+        submitter_id: &str,
+        package_id: uuid::Uuid,
+    ) -> Result<Option<Existing>, RpcError> {
+        let client = self.pool.get().await.map_err(db_error)?;
+        let row = client
+            .query_opt(
+                "SELECT sha256, receipt FROM packages WHERE submitter_id = $1 AND package_id = $2",
+                &[&submitter_id, &package_id],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(row.map(|r| Existing {
+            sha256: r.get(0),
+            receipt: r.get(1),
+        }))
+    }
+
+    /// Makes sure a partition exists for every day from `min` to `max`
+    /// (bounded by the record age checks before it is called).
+    pub async fn ensure_partitions(
+        &self,
+        min: OffsetDateTime,
+        max: OffsetDateTime,
+    ) -> Result<(), RpcError> {
+        let days = || {
+            std::iter::successors(Some(min.date()), |d| d.next_day())
+                .take_while(|d| *d <= max.date())
+        };
+        let missing = {
+            let known = self.known_days.lock().expect("days lock");
+            days().any(|d| !known.contains(&d))
+        };
+        if !missing {
+            return Ok(());
+        }
+        let client = self.pool.get().await.map_err(db_error)?;
+        client
+            .execute("SELECT tallyhouse_ensure_partitions($1, $2)", &[&min, &max])
+            .await
+            .map_err(db_error)?;
+        self.known_days.lock().expect("days lock").extend(days());
+        Ok(())
+    }
+
+    /// Stores the package row and its records in one transaction. Returns
+    /// `false` (and stores nothing) when a row for this package id exists.
+    pub async fn insert(&self, row: &PackageRow, records: &[Record]) -> Result<bool, RpcError> {
+        let mut client = self.pool.get().await.map_err(db_error)?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO packages (submitter_id, package_id, sha256, size_bytes, record_count, key_id,
+                     signature, audience, created_at, received_at, blob_key, receipt)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                 ON CONFLICT (submitter_id, package_id) DO NOTHING",
+                &[
+                    &row.submitter_id,
+                    &row.package_id,
+                    &row.sha256.as_slice(),
+                    &row.size_bytes,
+                    &row.record_count,
+                    &row.key_id,
+                    &row.signature,
+                    &row.audience,
+                    &row.created_at,
+                    &row.received_at,
+                    &row.blob_key,
+                    &row.receipt,
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        if inserted == 0 {
+            return Ok(false);
+        }
+        let sink = tx
+            .copy_in(
+                "COPY records (submitter_id, ts, series, value, labels, package_id, ordinal) FROM STDIN BINARY",
+            )
+            .await
+            .map_err(db_error)?;
+        let writer = BinaryCopyInWriter::new(sink, &RECORD_TYPES);
+        futures_util::pin_mut!(writer);
+        for (ordinal, r) in records.iter().enumerate() {
+            let ordinal = ordinal as i32;
+            writer
+                .as_mut()
+                .write(&[
+                    &row.submitter_id,
+                    &r.ts,
+                    &r.series,
+                    &r.value,
+                    &Json(&r.labels),
+                    &row.package_id,
+                    &ordinal,
+                ])
+                .await
+                .map_err(db_error)?;
+        }
+        writer.finish().await.map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+}
