@@ -24,6 +24,26 @@ pub(crate) struct Problem {
 pub(crate) fn status_of(code: ErrorCode) -> (StatusCode, &'static str, Option<u32>) {
     match code {
         ErrorCode::BadRequest => (StatusCode::BAD_REQUEST, "Bad request", None),
+        ErrorCode::MalformedPackage => (StatusCode::BAD_REQUEST, "Malformed package", None),
+        ErrorCode::UnknownKey
+        | ErrorCode::BadSignature
+        | ErrorCode::KeyRevoked
+        | ErrorCode::KeyNotYetValid
+        | ErrorCode::KeyExpired => (StatusCode::UNAUTHORIZED, "Signature not accepted", None),
+        ErrorCode::KeySubmitterMismatch => {
+            (StatusCode::FORBIDDEN, "Key of another submitter", None)
+        }
+        ErrorCode::WrongAudience | ErrorCode::CreatedAtOutOfWindow => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Package not accepted here or now",
+            None,
+        ),
+        ErrorCode::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Body too large", None),
+        ErrorCode::UnsupportedMediaType => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported media type",
+            None,
+        ),
         ErrorCode::NotFound => (StatusCode::NOT_FOUND, "Not found", None),
         ErrorCode::Conflict => (StatusCode::CONFLICT, "Conflict", None),
         ErrorCode::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized", None),

@@ -24,6 +24,9 @@ pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/v1/ping", get(ping))
+        .route("/v1/packages", axum::routing::post(crate::packages::submit))
+        .route("/v1/keys", get(crate::packages::keys))
+        .route("/v1/openapi.json", get(crate::packages::openapi))
         .layer(middleware::from_fn(trace_id))
         .with_state(state)
 }
