@@ -1,6 +1,8 @@
 //! Helpers for black-box tests that run the workspace's real binaries:
 //! locating them, and running them as child processes that die with the test.
 
+pub mod stack;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -37,6 +39,11 @@ impl ChildProcess {
             child,
             name: name.to_owned(),
         })
+    }
+
+    /// The name it was spawned with.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The process id.

@@ -126,7 +126,9 @@ async fn ping_through_the_gateway_is_no_route_until_the_registry_serves_then_ok(
     assert_eq!(problem["status"], 503);
 
     // With the registry up, the ping goes gateway → broker → registry → back.
-    let mut registry = service("registry", topology.namespace(), &prefix, &vault, &[]);
+    let (registry_db, _, db_env) =
+        platform::testing::service_test_database(&prefix, "registry").await;
+    let mut registry = service("registry", topology.namespace(), &prefix, &vault, &db_env);
     let until = Instant::now() + Duration::from_secs(30);
     let pong = loop {
         if let Some(r) = get(&format!("{base}/v1/ping")).await
@@ -155,6 +157,7 @@ async fn ping_through_the_gateway_is_no_route_until_the_registry_serves_then_ok(
         "registry exit status"
     );
     delete_topology(&amqp_uri(), &topology, &[registry::QUEUE]).await;
+    platform::testing::drop_test_database(&registry_db).await;
 }
 
 #[tokio::test]
@@ -166,7 +169,8 @@ async fn a_service_refused_by_vault_exits_non_zero_naming_vault() {
         topology.namespace(),
         topology.namespace(),
         &vault,
-        &[],
+        // Everything but the secrets is configured.
+        &[("TALLYHOUSE_DATABASE_NAME", "unused".to_owned())],
     );
     let out = tokio::time::timeout(
         Duration::from_secs(30),

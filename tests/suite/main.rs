@@ -3,4 +3,6 @@
 //! servers, so tests run in parallel.
 
 mod gateway;
+mod ingest;
+mod registry;
 mod rpc;
