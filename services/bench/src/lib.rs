@@ -1,1 +1,0 @@
-//! Benchmarks (arriving in the next commits).
