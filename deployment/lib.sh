@@ -293,16 +293,38 @@ th_python() {
     fi
 }
 
-# services_from_json: the service names in deployment/vault/secrets.json, one a line.
+# services_from_json: the service names in deployment/vault/secrets.json, one a
+# line: the processes to run. Identities marked "process": false (the
+# operator CLI) get secrets and a token but are not services.
 services_from_json() {
     th_python - "$TH_SECRETS_JSON" <<'PY'
 import json, sys
 with open(sys.argv[1]) as f:
     doc = json.load(f)
-for name in doc["services"]:
-    print(name)
+for name, spec in doc["services"].items():
+    if spec.get("process", True):
+        print(name)
 PY
 }
+
+# --- Service databases -----------------------------------------------------------
+
+# service_reads SERVICE KIND: true if SERVICE reads secrets of KIND (secrets.json).
+service_reads() {
+    th_python - "$TH_SECRETS_JSON" "$1" "$2" <<'PY'
+import json, sys
+with open(sys.argv[1]) as f:
+    doc = json.load(f)
+spec = doc["services"].get(sys.argv[2], {})
+sys.exit(0 if sys.argv[3] in spec.get("reads", []) else 1)
+PY
+}
+
+# service_db_role SERVICE: the PostgreSQL login role of a service reading `database`.
+service_db_role() { printf 'tallyhouse_%s' "${1//-/_}"; }
+
+# service_db_name SERVICE: the database a service owns (same name as its role).
+service_db_name() { printf 'tallyhouse_%s' "${1//-/_}"; }
 
 # --- OpenBao -------------------------------------------------------------------------
 

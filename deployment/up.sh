@@ -65,7 +65,27 @@ start_service() {
         if [[ "$svc" == gateway ]]; then
             export TALLYHOUSE_HTTP_ADDR="$TH_HOST:$TH_GATEWAY_HTTP_PORT"
         fi
-        start_daemon "$svc" "$log" "$bin"
+        # A service reading `database` owns tallyhouse_<svc>, made by vault-provision.sh.
+        if service_reads "$svc" database; then
+            export TALLYHOUSE_DATABASE_HOST="$TH_HOST"
+            export TALLYHOUSE_DATABASE_PORT="$TH_PG_PORT"
+            TALLYHOUSE_DATABASE_NAME="$(service_db_name "$svc")"
+            export TALLYHOUSE_DATABASE_NAME
+        fi
+        if [[ "$svc" == ingest ]]; then
+            # The owner (the local superuser, trust auth on loopback) migrates
+            # the time-series schema and grants the service role
+            # SELECT/INSERT only; the service itself runs as that role.
+            TALLYHOUSE_ADMIN_DATABASE_URL="postgres://postgres@$TH_HOST:$TH_PG_PORT/$TALLYHOUSE_DATABASE_NAME" \
+                TALLYHOUSE_SERVICE_ROLE="$(service_db_role ingest)" \
+                "$bin" migrate >>"$log" 2>&1 || {
+                show_log_tail "$log" 30
+                die "ingest migrate failed"
+            }
+            start_daemon "$svc" "$log" "$bin" serve
+        else
+            start_daemon "$svc" "$log" "$bin"
+        fi
     )
     STARTED+=("$svc")
 }
@@ -97,6 +117,14 @@ wait_for_gateway() {
             fail_with_logs "$GATEWAY_URL/v1/ping did not return 200 within ${HEALTH_TIMEOUT}s (last status: ${code:-none})"
         sleep 1
     done
+    if [[ " ${STARTED[*]} " == *" ingest "* ]]; then
+        deadline=$((SECONDS + HEALTH_TIMEOUT))
+        until [[ "$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 "$GATEWAY_URL/v1/keys" 2>/dev/null || true)" == 200 ]]; do
+            daemon_running ingest || fail_with_logs "ingest exited"
+            ((SECONDS < deadline)) || fail_with_logs "$GATEWAY_URL/v1/keys (ingest) did not return 200 within ${HEALTH_TIMEOUT}s"
+            sleep 1
+        done
+    fi
 }
 
 print_table() {

@@ -5,6 +5,7 @@
 #   - the secrets each service reads, with fresh credentials:
 #       amqp     -> RabbitMQ user 'tallyhouse' (new random password each run)
 #       database -> PostgreSQL role tallyhouse_<svc> (new random password each run)
+#                   and its database tallyhouse_<svc>, created if missing;
 #       s3       -> the s3s-fs key pair from .run/state/s3-credentials;
 #   - one token per service with only its policy, in .run/state/tokens/<svc>.
 # Idempotent; re-run whenever OpenBao (in-memory dev mode) restarts.
@@ -176,7 +177,7 @@ provision_database() {
     any_reads database || return 0
     for svc in "${SERVICES[@]}"; do
         reads "$svc" database || continue
-        role="tallyhouse_${svc//-/_}"
+        role="$(service_db_role "$svc")"
         pw="$(random_hex 24)"
         # The SQL (with the password) goes through stdin; log_statement is
         # switched off for this session so the server log never sees it.
@@ -189,8 +190,29 @@ SELECT format('CREATE ROLE %I LOGIN', :'role')
  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \\gexec
 SELECT format('ALTER ROLE %I WITH LOGIN PASSWORD %L', :'role', :'pw') \\gexec
 SQL
+        ensure_service_database "$role" "$(service_db_name "$svc")"
         kv_put "$svc" database username "$role" password "$pw"
     done
+}
+
+# ensure_service_database ROLE DB: database DB, owned by ROLE, that only its
+# owner (and superusers) may connect to, created when missing. An existing
+# database is left exactly as it is (owner, grants, data, migrations). The
+# service creates its tables itself (migrations at start-up).
+ensure_service_database() {
+    local role="$1" db="$2"
+    # CREATE DATABASE cannot run in a transaction: \gexec runs each
+    # generated statement on its own.
+    # shellcheck disable=SC2119 # psql_admin takes no arguments here
+    psql_admin >/dev/null <<SQL || die "could not create PostgreSQL database $db"
+\\set role '$role'
+\\set db '$db'
+SELECT NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') AS missing \\gset
+\\if :missing
+SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role') \\gexec
+SELECT format('REVOKE ALL ON DATABASE %I FROM PUBLIC', :'db') \\gexec
+\\endif
+SQL
 }
 
 provision_s3() {
@@ -203,6 +225,25 @@ provision_s3() {
         if reads "$svc" s3; then
             kv_put "$svc" s3 access_key_id "$ak" secret_access_key "$sk"
         fi
+    done
+}
+
+# provision_receipt_key: the receipt signing key is generated once (openssl,
+# P-256, PKCS#8) and kept: receipts signed with it must stay verifiable. The
+# PEM goes from openssl to python to curl through pipes only.
+provision_receipt_key() {
+    local svc
+    any_reads receipt_key || return 0
+    for svc in "${SERVICES[@]}"; do
+        reads "$svc" receipt_key || continue
+        if root_api GET "$KV_MOUNT/data/$PREFIX/$svc/receipt_key" >/dev/null 2>&1; then
+            continue
+        fi
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 2>/dev/null |
+            th_python -c 'import json, sys; print(json.dumps({"data": {"private_key_pem": sys.stdin.read()}}))' |
+            root_api POST "$KV_MOUNT/data/$PREFIX/$svc/receipt_key" --data-binary @- >/dev/null ||
+            die "cannot write secret $PREFIX/$svc/receipt_key"
+        info "generated the receipt signing key of $svc"
     done
 }
 
@@ -243,6 +284,7 @@ main() {
     provision_amqp
     provision_database
     provision_s3
+    provision_receipt_key
     create_tokens
     if daemon_running openbao; then
         cp "$(pid_file openbao)" "$TH_STATE/provisioned-instance"
