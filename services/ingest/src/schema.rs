@@ -63,14 +63,17 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
     .bind(role)
     .fetch_one(&mut conn)
     .await?;
+    let db: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut conn)
+        .await?;
+    let db = db.replace('"', "\"\"");
+    let mut statements = Vec::new();
     if database_owned_by_role {
-        let db: String = sqlx::query_scalar("SELECT current_database()")
-            .fetch_one(&mut conn)
-            .await?;
-        let stmt = format!(
-            "ALTER DATABASE \"{}\" OWNER TO CURRENT_USER",
-            db.replace('"', "\"\"")
-        );
+        statements.push(format!("ALTER DATABASE \"{db}\" OWNER TO CURRENT_USER"));
+    }
+    // It keeps the right to connect, whoever owns the database.
+    statements.push(format!("GRANT CONNECT ON DATABASE \"{db}\" TO {role}"));
+    for stmt in statements {
         sqlx::query(sqlx::AssertSqlSafe(stmt))
             .execute(&mut conn)
             .await?;
