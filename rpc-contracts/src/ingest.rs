@@ -1,35 +1,24 @@
 //! Calls served by the ingest service: signed packages in, receipts out.
 
-use crate::{Bytes, Call, ServiceQueue};
+use crate::{Bytes, ServiceQueue};
 use serde::{Deserialize, Serialize};
 
 /// The ingest queue, contract version 1.
 pub const QUEUE: ServiceQueue = ServiceQueue::new("ingest.v1");
 
-/// Verifies a signed package, stores the evidence and its records, and
-/// answers a receipt. Idempotent: the same bytes again answer the original
-/// receipt; the same `(submitter_id, package_id)` with other bytes is
-/// `conflict`.
-#[derive(Debug)]
-pub enum SubmitPackage {}
-
-impl Call for SubmitPackage {
-    type Request = SubmitPackageRequest;
-    type Response = SubmitPackageResponse;
-    const SERVICE: ServiceQueue = QUEUE;
-    const METHOD: &'static str = "ingest.v1.submit_package";
-}
-
-/// The platform's receipt verification keys, as a JWKS.
-#[derive(Debug)]
-pub enum ReceiptKeys {}
-
-impl Call for ReceiptKeys {
-    type Request = ReceiptKeysRequest;
-    type Response = JwkSet;
-    const SERVICE: ServiceQueue = QUEUE;
-    const METHOD: &'static str = "ingest.v1.receipt_keys";
-}
+define_call!(
+    QUEUE,
+    /// Verifies a signed package, stores the evidence and its records, and
+    /// answers a receipt. Idempotent: the same bytes again answer the original
+    /// receipt; the same `(submitter_id, package_id)` with other bytes is
+    /// `conflict`.
+    SubmitPackage, "ingest.v1.submit_package", SubmitPackageRequest => SubmitPackageResponse
+);
+define_call!(
+    QUEUE,
+    /// The platform's receipt verification keys, as a JWKS.
+    ReceiptKeys, "ingest.v1.receipt_keys", ReceiptKeysRequest => JwkSet
+);
 
 /// Request of [`SubmitPackage`]: exactly what the submitter sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

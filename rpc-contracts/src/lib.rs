@@ -12,6 +12,21 @@
 //! assert_eq!(<registry::Ping as Call>::SERVICE.name(), "registry.v1");
 //! ```
 
+/// Declares a call: a marker type implementing [`Call`] for a queue.
+macro_rules! define_call {
+    ($queue:expr, $(#[$doc:meta])* $name:ident, $method:literal, $req:ty => $resp:ty) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub enum $name {}
+        impl $crate::Call for $name {
+            type Request = $req;
+            type Response = $resp;
+            const SERVICE: $crate::ServiceQueue = $queue;
+            const METHOD: &'static str = $method;
+        }
+    };
+}
+
 pub mod bytes;
 pub mod codec;
 pub mod envelope;

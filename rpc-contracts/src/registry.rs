@@ -1,54 +1,47 @@
 //! Calls served by the registry service: submitters and their public keys.
 
-use crate::{Call, KeyId, ServiceQueue, SubmitterId};
+use crate::{KeyId, ServiceQueue, SubmitterId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 /// The registry's queue, contract version 1.
 pub const QUEUE: ServiceQueue = ServiceQueue::new("registry.v1");
 
-macro_rules! registry_call {
-    ($(#[$doc:meta])* $name:ident, $method:literal, $req:ty => $resp:ty) => {
-        $(#[$doc])*
-        #[derive(Debug)]
-        pub enum $name {}
-        impl Call for $name {
-            type Request = $req;
-            type Response = $resp;
-            const SERVICE: ServiceQueue = QUEUE;
-            const METHOD: &'static str = $method;
-        }
-    };
-}
-
-registry_call!(
+define_call!(
+    QUEUE,
     /// Liveness over the bus: proves a registry instance consumes its queue.
     Ping, "registry.v1.ping", PingRequest => PingResponse
 );
-registry_call!(
+define_call!(
+    QUEUE,
     /// Registers a submitter; repeating the same registration is a no-op,
     /// a different name for an existing id is `conflict`.
     AddSubmitter, "registry.v1.add_submitter", AddSubmitterRequest => Submitter
 );
-registry_call!(
+define_call!(
+    QUEUE,
     /// Every submitter, by id.
     ListSubmitters, "registry.v1.list_submitters", ListSubmittersRequest => SubmitterList
 );
-registry_call!(
+define_call!(
+    QUEUE,
     /// Adds a public key (SPKI PEM, P-256) to a submitter; answers its key id.
     /// Adding the same key to the same submitter again is a no-op.
     AddKey, "registry.v1.add_key", AddKeyRequest => KeyInfo
 );
-registry_call!(
+define_call!(
+    QUEUE,
     /// A submitter's keys.
     ListKeys, "registry.v1.list_keys", ListKeysRequest => KeyList
 );
-registry_call!(
+define_call!(
+    QUEUE,
     /// Revokes a key from a time on (now by default). Packages received
     /// before that time stay valid.
     RevokeKey, "registry.v1.revoke_key", RevokeKeyRequest => KeyInfo
 );
-registry_call!(
+define_call!(
+    QUEUE,
     /// One key by id, with its owner and validity: what ingest verifies against.
     GetKey, "registry.v1.get_key", GetKeyRequest => KeyInfo
 );

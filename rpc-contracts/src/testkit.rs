@@ -1,43 +1,34 @@
 //! Calls served only by the RPC runtime's test fixtures and benchmarks. They
 //! live here so that even test queues and routing keys have one home.
 
-use crate::{Bytes, Call, ServiceQueue};
+use crate::{Bytes, ServiceQueue};
 use serde::{Deserialize, Serialize};
 
 /// The fixture server's queue.
 pub const QUEUE: ServiceQueue = ServiceQueue::new("testkit.v1");
 
-macro_rules! testkit_call {
-    ($(#[$doc:meta])* $name:ident, $method:literal, $req:ty => $resp:ty) => {
-        $(#[$doc])*
-        #[derive(Debug)]
-        pub enum $name {}
-        impl Call for $name {
-            type Request = $req;
-            type Response = $resp;
-            const SERVICE: ServiceQueue = QUEUE;
-            const METHOD: &'static str = $method;
-        }
-    };
-}
-
-testkit_call!(
+define_call!(
+    QUEUE,
     /// Answers with the payload it was sent and who answered.
     Echo, "testkit.v1.echo", EchoRequest => EchoResponse
 );
-testkit_call!(
+define_call!(
+    QUEUE,
     /// Sleeps for the given time, then answers which instance it ran on.
     Sleep, "testkit.v1.sleep", SleepRequest => EchoResponse
 );
-testkit_call!(
+define_call!(
+    QUEUE,
     /// Fails with the error it is told to.
     Fail, "testkit.v1.fail", FailRequest => EchoResponse
 );
-testkit_call!(
+define_call!(
+    QUEUE,
     /// Panics inside the handler.
     Panic, "testkit.v1.panic", EchoRequest => EchoResponse
 );
-testkit_call!(
+define_call!(
+    QUEUE,
     /// Aborts the whole server process: a poison message.
     Crash, "testkit.v1.crash", EchoRequest => EchoResponse
 );
