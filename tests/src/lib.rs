@@ -24,6 +24,38 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
+/// A command running service `bin` the way the run command configures it:
+/// brokers of the test command, `namespace` as both the RPC namespace and
+/// the Vault prefix, the OpenBao root token (override `VAULT_TOKEN` in
+/// `env` to test refusals), metrics on a free port, then `env`.
+pub fn service_command(bin: &str, namespace: &str, env: &[(&str, String)]) -> Command {
+    use platform::testing::{amqp_uri, vault_addr, vault_root_token};
+    let mut cmd = Command::new(workspace_bin(bin));
+    cmd.env_clear()
+        .env(
+            "TALLYHOUSE_AMQP_URIS",
+            format!("amqp://{}/%2f", amqp_uri().host_port()),
+        )
+        .env("TALLYHOUSE_RPC_NAMESPACE", namespace)
+        .env("TALLYHOUSE_ENVIRONMENT", "test")
+        .env("TALLYHOUSE_METRICS_ADDR", "127.0.0.1:0")
+        .env("TALLYHOUSE_VAULT_PREFIX", namespace)
+        .env("VAULT_ADDR", vault_addr())
+        .env("VAULT_TOKEN", vault_root_token());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
 /// A child process killed (SIGKILL) when dropped, so a failing test never
 /// leaves a server behind.
 pub struct ChildProcess {

@@ -2,21 +2,19 @@
 //! processes, each with its own namespace, databases, bucket and Vault
 //! prefix, on the servers the test command started.
 
-use crate::{ChildProcess, workspace_bin};
+use crate::{ChildProcess, free_port, service_command, workspace_bin};
 use evidence::SigningKey;
 use platform::rpc::{RpcClient, RpcMetrics};
 use platform::s3::{EvidenceStore, S3Args, S3Credentials};
 use platform::testing::{
-    amqp_uri, database_login, delete_topology, drop_test_database, query_json, rpc_config,
-    test_database, unique_topology, vault_addr, vault_root_token,
+    amqp_uri, database_login, delete_topology, drop_test_database, put_secret, query_json,
+    rpc_config, service_test_database, test_database, unique_topology,
 };
 use rpc_contracts::registry::{self, AddKeyRequest, AddSubmitterRequest};
 use rpc_contracts::{KeyId, SubmitterId, Topology, ingest};
-use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 use tokio::time::Instant;
-use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 
 /// Knobs of a test platform.
 #[derive(Debug, Clone)]
@@ -89,57 +87,16 @@ pub async fn try_execute(url: &str, sql: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn vault_put(client: &VaultClient, path: &str, secret: &HashMap<&str, String>) {
-    vaultrs::kv2::set(client, "secret", path, secret)
-        .await
-        .unwrap_or_else(|e| panic!("write {path} to OpenBao: {e}"));
-}
-
-fn service_command(bin: &str, topology: &Topology, env: &[(&str, String)]) -> Command {
-    let mut cmd = Command::new(workspace_bin(bin));
-    cmd.env_clear()
-        .env(
-            "TALLYHOUSE_AMQP_URIS",
-            format!("amqp://{}/%2f", amqp_uri().host_port()),
-        )
-        .env("TALLYHOUSE_RPC_NAMESPACE", topology.namespace())
-        .env("TALLYHOUSE_ENVIRONMENT", "test")
-        .env("TALLYHOUSE_METRICS_ADDR", "127.0.0.1:0")
-        .env("TALLYHOUSE_VAULT_PREFIX", topology.namespace())
-        .env("VAULT_ADDR", vault_addr())
-        .env("VAULT_TOKEN", vault_root_token());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
 impl Stack {
     /// Starts registry, ingest (after `ingest migrate`) and gateway, and
     /// waits until the gateway reaches both.
     pub async fn start(options: StackOptions) -> Self {
         let topology = unique_topology("stack");
         let ns = topology.namespace().to_owned();
-        let vault = VaultClient::new(
-            VaultClientSettingsBuilder::default()
-                .address(vault_addr())
-                .token(vault_root_token())
-                .build()
-                .unwrap(),
-        )
-        .unwrap();
-
-        // Databases: the registry's, and the time series with its own
-        // service role (SELECT and INSERT only, granted by `ingest migrate`).
-        let (registry_db, registry_url) = test_database().await;
+        // Databases: the registry's (with its Vault secret), and the time
+        // series with its own service role (SELECT and INSERT only, granted
+        // by `ingest migrate`).
+        let (registry_db, _, registry_env) = service_test_database(&ns, "registry").await;
         let (ingest_db, ingest_url) = test_database().await;
         let role = format!(
             "t_ingest_{}",
@@ -151,45 +108,42 @@ impl Stack {
             &format!("CREATE ROLE {role} LOGIN PASSWORD '{role_password}'"),
         )
         .await;
-        let (pg_host, pg_port, admin_user, admin_password) = database_login(&registry_url);
+        let (pg_host, pg_port, _, _) = database_login(&ingest_url);
 
         let (s3_endpoint, s3_key, s3_secret) = s3_settings();
         let bucket = ns.clone();
-        let amqp: HashMap<&str, String> =
-            [("username", "guest".into()), ("password", "guest".into())].into();
         for svc in ["gateway", "registry", "ingest"] {
-            vault_put(&vault, &format!("{ns}/{svc}/amqp"), &amqp).await;
+            put_secret(
+                &ns,
+                svc,
+                "amqp",
+                &[("username", "guest"), ("password", "guest")],
+            )
+            .await;
         }
-        vault_put(
-            &vault,
-            &format!("{ns}/registry/database"),
+        put_secret(
+            &ns,
+            "ingest",
+            "database",
+            &[("username", &role), ("password", &role_password)],
+        )
+        .await;
+        put_secret(
+            &ns,
+            "ingest",
+            "s3",
             &[
-                ("username", admin_user.clone()),
-                ("password", admin_password.clone()),
-            ]
-            .into(),
+                ("access_key_id", &s3_key),
+                ("secret_access_key", &s3_secret),
+            ],
         )
         .await;
-        vault_put(
-            &vault,
-            &format!("{ns}/ingest/database"),
-            &[("username", role.clone()), ("password", role_password)].into(),
-        )
-        .await;
-        vault_put(
-            &vault,
-            &format!("{ns}/ingest/s3"),
-            &[
-                ("access_key_id", s3_key.clone()),
-                ("secret_access_key", s3_secret.clone()),
-            ]
-            .into(),
-        )
-        .await;
-        vault_put(
-            &vault,
-            &format!("{ns}/ingest/receipt_key"),
-            &[("private_key_pem", SigningKey::generate().to_pkcs8_pem())].into(),
+        let receipt_key = SigningKey::generate().to_pkcs8_pem();
+        put_secret(
+            &ns,
+            "ingest",
+            "receipt_key",
+            &[("private_key_pem", &receipt_key)],
         )
         .await;
 
@@ -204,7 +158,7 @@ impl Stack {
         processes.push(
             ChildProcess::spawn(
                 "registry",
-                &mut service_command("registry", &topology, &db_env(&registry_db)),
+                &mut service_command("registry", &ns, &registry_env),
             )
             .expect("spawn registry"),
         );
@@ -224,7 +178,7 @@ impl Stack {
         ingest_env.push(("TALLYHOUSE_S3_BUCKET", bucket.clone()));
         ingest_env.push(("TALLYHOUSE_S3_TIMEOUT_MS", "5000".into()));
         ingest_env.push(("TALLYHOUSE_KEY_CACHE_TTL_MS", "0".into()));
-        let mut ingest_cmd = service_command("ingest", &topology, &ingest_env);
+        let mut ingest_cmd = service_command("ingest", &ns, &ingest_env);
         ingest_cmd.arg("serve");
         processes.push(ChildProcess::spawn("ingest", &mut ingest_cmd).expect("spawn ingest"));
         let port = free_port();
@@ -233,7 +187,7 @@ impl Stack {
                 "gateway",
                 &mut service_command(
                     "gateway",
-                    &topology,
+                    &ns,
                     &[
                         ("TALLYHOUSE_HTTP_ADDR", format!("127.0.0.1:{port}")),
                         (

@@ -1,81 +1,14 @@
 //! The gateway and the registry as real processes, configured the way the
 //! run command configures them (secrets from OpenBao), through HTTP.
 
-use platform::testing::{amqp_uri, delete_topology, unique_topology, vault_addr, vault_root_token};
+use platform::testing::{amqp_uri, delete_topology, put_secret, unique_topology};
 use rpc_contracts::registry;
-use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
-use tests::{ChildProcess, workspace_bin};
+use tests::{ChildProcess, free_port, service_command};
 use tokio::time::Instant;
-use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 
-/// OpenBao of the test command, and a fresh secret prefix holding the AMQP
-/// credentials of `services`.
-async fn vault_with_amqp_secrets(prefix: &str, services: &[&str]) -> (String, String) {
-    let addr = vault_addr();
-    let token = vault_root_token();
-    let client = VaultClient::new(
-        VaultClientSettingsBuilder::default()
-            .address(&addr)
-            .token(&token)
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    // The services get the test broker's guest account.
-    for svc in services {
-        let secret: HashMap<&str, &str> = [("username", "guest"), ("password", "guest")].into();
-        vaultrs::kv2::set(&client, "secret", &format!("{prefix}/{svc}/amqp"), &secret)
-            .await
-            .expect("write the AMQP secret");
-    }
-    (addr, token)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn service(
-    bin: &str,
-    namespace: &str,
-    prefix: &str,
-    vault: &(String, String),
-    extra: &[(&str, String)],
-) -> ChildProcess {
-    let mut cmd = service_command(bin, namespace, prefix, vault, extra);
-    ChildProcess::spawn(bin, &mut cmd).expect("spawn service")
-}
-
-fn service_command(
-    bin: &str,
-    namespace: &str,
-    prefix: &str,
-    vault: &(String, String),
-    extra: &[(&str, String)],
-) -> Command {
-    let amqp = amqp_uri();
-    let mut cmd = Command::new(workspace_bin(bin));
-    cmd.env_clear()
-        .env(
-            "TALLYHOUSE_AMQP_URIS",
-            format!("amqp://{}/%2f", amqp.host_port()),
-        )
-        .env("TALLYHOUSE_RPC_NAMESPACE", namespace)
-        .env("TALLYHOUSE_ENVIRONMENT", "test")
-        .env("TALLYHOUSE_METRICS_ADDR", "127.0.0.1:0")
-        .env("TALLYHOUSE_VAULT_PREFIX", prefix)
-        .env("VAULT_ADDR", &vault.0)
-        .env("VAULT_TOKEN", &vault.1);
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    cmd
+fn service(bin: &str, namespace: &str, env: &[(&str, String)]) -> ChildProcess {
+    ChildProcess::spawn(bin, &mut service_command(bin, namespace, env)).expect("spawn service")
 }
 
 async fn get(url: &str) -> Option<reqwest::Response> {
@@ -91,14 +24,21 @@ async fn get(url: &str) -> Option<reqwest::Response> {
 async fn ping_through_the_gateway_is_no_route_until_the_registry_serves_then_ok() {
     let topology = unique_topology("gw");
     let prefix = topology.namespace().to_owned();
-    let vault = vault_with_amqp_secrets(&prefix, &["gateway", "registry"]).await;
+    // The services get the test broker's guest account.
+    for svc in ["gateway", "registry"] {
+        put_secret(
+            &prefix,
+            svc,
+            "amqp",
+            &[("username", "guest"), ("password", "guest")],
+        )
+        .await;
+    }
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut gateway = service(
         "gateway",
         topology.namespace(),
-        &prefix,
-        &vault,
         &[("TALLYHOUSE_HTTP_ADDR", format!("127.0.0.1:{port}"))],
     );
 
@@ -128,7 +68,7 @@ async fn ping_through_the_gateway_is_no_route_until_the_registry_serves_then_ok(
     // With the registry up, the ping goes gateway → broker → registry → back.
     let (registry_db, _, db_env) =
         platform::testing::service_test_database(&prefix, "registry").await;
-    let mut registry = service("registry", topology.namespace(), &prefix, &vault, &db_env);
+    let mut registry = service("registry", topology.namespace(), &db_env);
     let until = Instant::now() + Duration::from_secs(30);
     let pong = loop {
         if let Some(r) = get(&format!("{base}/v1/ping")).await
@@ -163,14 +103,14 @@ async fn ping_through_the_gateway_is_no_route_until_the_registry_serves_then_ok(
 #[tokio::test]
 async fn a_service_refused_by_vault_exits_non_zero_naming_vault() {
     let topology = unique_topology("novault");
-    let vault = (vault_addr(), "not-a-valid-token".to_owned());
     let cmd = service_command(
         "registry",
         topology.namespace(),
-        topology.namespace(),
-        &vault,
-        // Everything but the secrets is configured.
-        &[("TALLYHOUSE_DATABASE_NAME", "unused".to_owned())],
+        &[
+            ("VAULT_TOKEN", "not-a-valid-token".to_owned()),
+            // Everything but the secrets is configured.
+            ("TALLYHOUSE_DATABASE_NAME", "unused".to_owned()),
+        ],
     );
     let out = tokio::time::timeout(
         Duration::from_secs(30),

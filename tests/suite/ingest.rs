@@ -377,8 +377,7 @@ async fn a_key_revoked_after_a_package_keeps_that_package_and_refuses_new_ones()
         problem_code(submit(&stack, &key, &key_id, &after).await).await,
         (401, "key_revoked".into())
     );
-    // The package received before the revocation is still there, and
-    // resubmitting it still answers its receipt.
+    // The package received before the revocation is still there.
     assert_eq!(count(&stack, "SELECT count(*) AS n FROM packages").await, 1);
     stack.finish().await;
 }

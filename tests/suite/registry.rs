@@ -6,8 +6,8 @@
 
 use platform::rpc::{RpcClient, RpcMetrics};
 use platform::testing::{
-    amqp_uri, delete_topology, drop_test_database, query_json, rpc_config, service_test_database,
-    unique_topology, vault_addr, vault_root_token,
+    amqp_uri, delete_topology, drop_test_database, put_secret, query_json, rpc_config,
+    service_test_database, unique_topology, vault_addr, vault_root_token,
 };
 use rpc_contracts::registry::{
     self, AddKeyRequest, AddSubmitterRequest, GetKeyRequest, KeyInfo, ListKeysRequest,
@@ -15,13 +15,11 @@ use rpc_contracts::registry::{
 };
 use rpc_contracts::{ErrorCode, KeyId, RpcError, SubmitterId, Topology};
 use serde_json::json;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use tests::{ChildProcess, workspace_bin};
+use tests::{ChildProcess, service_command, workspace_bin};
 use tokio::time::Instant;
-use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 
 /// One isolated registry: its process, database, namespace and Vault prefix.
 struct TestRegistry {
@@ -32,29 +30,6 @@ struct TestRegistry {
     db_name: String,
     db_url: String,
     dir: PathBuf,
-}
-
-fn vault_client() -> VaultClient {
-    VaultClient::new(
-        VaultClientSettingsBuilder::default()
-            .address(vault_addr())
-            .token(vault_root_token())
-            .build()
-            .unwrap(),
-    )
-    .unwrap()
-}
-
-async fn put_secret(prefix: &str, identity: &str, kind: &str, fields: &[(&str, &str)]) {
-    let secret: HashMap<&str, &str> = fields.iter().copied().collect();
-    vaultrs::kv2::set(
-        &vault_client(),
-        "secret",
-        &format!("{prefix}/{identity}/{kind}"),
-        &secret,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("write {prefix}/{identity}/{kind}: {e}"));
 }
 
 fn sid(s: &str) -> SubmitterId {
@@ -73,19 +48,7 @@ impl TestRegistry {
         )
         .await;
         let (db_name, db_url, db_env) = service_test_database(&prefix, "registry").await;
-        let mut cmd = Command::new(workspace_bin("registry"));
-        cmd.env_clear()
-            .env(
-                "TALLYHOUSE_AMQP_URIS",
-                format!("amqp://{}/%2f", amqp_uri().host_port()),
-            )
-            .env("TALLYHOUSE_RPC_NAMESPACE", topology.namespace())
-            .env("TALLYHOUSE_ENVIRONMENT", "test")
-            .env("TALLYHOUSE_METRICS_ADDR", "127.0.0.1:0")
-            .env("TALLYHOUSE_VAULT_PREFIX", &prefix)
-            .env("VAULT_ADDR", vault_addr())
-            .env("VAULT_TOKEN", vault_root_token())
-            .envs(db_env);
+        let mut cmd = service_command("registry", &prefix, &db_env);
         let mut process = ChildProcess::spawn("registry", &mut cmd).expect("spawn the registry");
 
         let rpc = RpcClient::start(

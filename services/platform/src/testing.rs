@@ -475,6 +475,27 @@ pub async fn service_test_database(
     } else {
         password
     };
+    put_secret(
+        prefix,
+        service,
+        "database",
+        &[
+            ("username", username.as_str()),
+            ("password", password.as_str()),
+        ],
+    )
+    .await;
+    let env = vec![
+        ("TALLYHOUSE_DATABASE_HOST", host),
+        ("TALLYHOUSE_DATABASE_PORT", port.to_string()),
+        ("TALLYHOUSE_DATABASE_NAME", name.clone()),
+    ];
+    (name, url, env)
+}
+
+/// Writes one secret, `<prefix>/<service>/<kind>` in the KV v2 mount
+/// `secret`, to the test command's OpenBao with its root token.
+pub async fn put_secret(prefix: &str, service: &str, kind: &str, fields: &[(&str, &str)]) {
     let client = vaultrs::client::VaultClient::new(
         vaultrs::client::VaultClientSettingsBuilder::default()
             .address(vault_addr())
@@ -483,23 +504,9 @@ pub async fn service_test_database(
             .expect("Vault client settings"),
     )
     .expect("Vault client");
-    let secret: std::collections::HashMap<&str, &str> = [
-        ("username", username.as_str()),
-        ("password", password.as_str()),
-    ]
-    .into();
-    vaultrs::kv2::set(
-        &client,
-        "secret",
-        &format!("{prefix}/{service}/database"),
-        &secret,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("write {prefix}/{service}/database: {e}"));
-    let env = vec![
-        ("TALLYHOUSE_DATABASE_HOST", host),
-        ("TALLYHOUSE_DATABASE_PORT", port.to_string()),
-        ("TALLYHOUSE_DATABASE_NAME", name.clone()),
-    ];
-    (name, url, env)
+    let secret: std::collections::HashMap<&str, &str> = fields.iter().copied().collect();
+    let path = format!("{prefix}/{service}/{kind}");
+    vaultrs::kv2::set(&client, "secret", &path, &secret)
+        .await
+        .unwrap_or_else(|e| panic!("write {path} to OpenBao: {e}"));
 }
