@@ -129,7 +129,7 @@ impl Ingest {
 
         // The signature over the exact bytes, then the parse of those bytes.
         let body = Arc::new(req.body.0);
-        let (package, sha256) = {
+        let (package, sha256, signature) = {
             let _slot = self
                 .verify_slots
                 .acquire()
@@ -147,12 +147,11 @@ impl Ingest {
                 let sha256 = evidence::sha256(&body);
                 let package = evidence::parse_package(&body)
                     .map_err(|e| err(ErrorCode::MalformedPackage, e.to_string()))?;
-                Ok::<_, RpcError>((package, sha256))
+                Ok::<_, RpcError>((package, sha256, signature))
             })
             .await
             .map_err(|_| err(ErrorCode::Internal, "verification task failed"))??
         };
-        let signature = evidence::decode_signature_header(&req.signature).unwrap_or_default();
 
         if package.submitter_id != known.info.submitter_id {
             return Err(err(
