@@ -6,6 +6,8 @@
 #   4. cargo nextest run --workspace --no-fail-fast
 #      (cargo test --workspace --no-fail-fast when nextest is not installed)
 #   5. Python tests (pytest) under pulumi/ and tests/python/, when there are any
+# With arguments, only steps 1-4 run and the arguments go to nextest (or to
+# cargo test), e.g. `deployment/test.sh -E 'test(/^cli::/)'`.
 # Every part runs even if an earlier one failed; the exit status is non-zero
 # if any part failed.
 set -euo pipefail
@@ -23,9 +25,9 @@ run_rust() {
         return 0
     fi
     if cargo nextest --version >/dev/null 2>&1; then
-        cargo nextest run --workspace --no-fail-fast </dev/null || FAILED+=("cargo nextest run")
+        cargo nextest run --workspace --no-fail-fast "$@" </dev/null || FAILED+=("cargo nextest run")
     else
-        cargo test --workspace --no-fail-fast </dev/null || FAILED+=("cargo test")
+        cargo test --workspace --no-fail-fast "$@" </dev/null || FAILED+=("cargo test")
     fi
 }
 
@@ -90,8 +92,8 @@ main() {
     # A service token or address left in the caller's shell must not leak in.
     unset VAULT_TOKEN BAO_TOKEN BAO_ADDR
 
-    run_rust
-    run_python
+    run_rust "$@"
+    if (($# == 0)); then run_python; fi
 
     if ((${#FAILED[@]} > 0)); then
         err "FAILED: ${FAILED[*]}"

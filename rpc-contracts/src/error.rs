@@ -18,6 +18,15 @@ pub enum ErrorCode {
     BadRequest,
     /// The thing asked for does not exist.
     NotFound,
+    /// A login failed: unknown user, wrong password or disabled user (one
+    /// answer for all three, so that names cannot be probed).
+    InvalidCredentials,
+    /// Too many failed logins for the account or the client address: the
+    /// next attempt is considered after a delay (see `auth::LoginThrottled`).
+    LoginThrottled,
+    /// A bearer token is missing, malformed, badly signed, expired, not yet
+    /// valid, for another issuer or audience, or revoked.
+    InvalidToken,
     /// The request conflicts with what is already stored.
     Conflict,
     /// The caller could not be authenticated.
@@ -71,6 +80,9 @@ impl ErrorCode {
         match self {
             Self::BadRequest => "bad_request",
             Self::NotFound => "not_found",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::LoginThrottled => "login_throttled",
+            Self::InvalidToken => "invalid_token",
             Self::Conflict => "conflict",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
@@ -108,6 +120,9 @@ impl ErrorCode {
     pub const ALL: &'static [ErrorCode] = &[
         Self::BadRequest,
         Self::NotFound,
+        Self::InvalidCredentials,
+        Self::LoginThrottled,
+        Self::InvalidToken,
         Self::Conflict,
         Self::Unauthorized,
         Self::Forbidden,

@@ -27,12 +27,14 @@ macro_rules! define_call {
     };
 }
 
+pub mod auth;
 pub mod bytes;
 pub mod codec;
 pub mod envelope;
 pub mod error;
 pub mod ids;
 pub mod ingest;
+pub mod query;
 pub mod registry;
 pub mod testkit;
 pub mod topology;
@@ -84,6 +86,24 @@ pub const ALL_CALLS: &[(ServiceQueue, &str)] = &[
         ingest::SubmitPackage::METHOD,
     ),
     (ingest::ReceiptKeys::SERVICE, ingest::ReceiptKeys::METHOD),
+    (auth::Ping::SERVICE, auth::Ping::METHOD),
+    (auth::Login::SERVICE, auth::Login::METHOD),
+    (auth::Logout::SERVICE, auth::Logout::METHOD),
+    (auth::CheckToken::SERVICE, auth::CheckToken::METHOD),
+    (auth::TokenKeys::SERVICE, auth::TokenKeys::METHOD),
+    (auth::AddUser::SERVICE, auth::AddUser::METHOD),
+    (auth::ListUsers::SERVICE, auth::ListUsers::METHOD),
+    (auth::UpdateUser::SERVICE, auth::UpdateUser::METHOD),
+    (auth::SetPassword::SERVICE, auth::SetPassword::METHOD),
+    (auth::ListThrottles::SERVICE, auth::ListThrottles::METHOD),
+    (auth::ClearThrottle::SERVICE, auth::ClearThrottle::METHOD),
+    (auth::AppendAudit::SERVICE, auth::AppendAudit::METHOD),
+    (auth::ListAudit::SERVICE, auth::ListAudit::METHOD),
+    (query::Ping::SERVICE, query::Ping::METHOD),
+    (query::ListPackages::SERVICE, query::ListPackages::METHOD),
+    (query::GetPackage::SERVICE, query::GetPackage::METHOD),
+    (query::ReadRaw::SERVICE, query::ReadRaw::METHOD),
+    (query::Series::SERVICE, query::Series::METHOD),
     (testkit::Echo::SERVICE, testkit::Echo::METHOD),
     (testkit::Sleep::SERVICE, testkit::Sleep::METHOD),
     (testkit::Fail::SERVICE, testkit::Fail::METHOD),

@@ -11,7 +11,9 @@
 //!   [`PublicKey::verify`] over exact bytes), [`SigningKey`] for submitters'
 //!   tools, [`decode_signature_header`], [`sha256_hex`].
 //! - [`receipt`]: [`ReceiptSigner`] and [`verify_receipt`].
+//! - [`generate`]: realistic, seeded demo and benchmark packages.
 
+pub mod generate;
 pub mod keys;
 pub mod package;
 pub mod receipt;
