@@ -60,4 +60,17 @@ pub struct MigrateArgs {
     /// Days of partitions to create ahead of today.
     #[arg(long, env = "TALLYHOUSE_PARTITIONS_AHEAD_DAYS", default_value_t = 14)]
     pub partitions_ahead_days: u32,
+    /// Fail unless the citus extension has been created in the database
+    /// (without it, a database without Citus is migrated as plain PostgreSQL).
+    #[arg(long, env = "TALLYHOUSE_REQUIRE_CITUS")]
+    pub require_citus: bool,
+    /// Read-only roles (the query service's): CONNECT, USAGE on the schema
+    /// and SELECT on packages and records, nothing else. Repeat the flag or
+    /// separate names with commas.
+    #[arg(
+        long = "reader-role",
+        env = "TALLYHOUSE_READER_ROLE",
+        value_delimiter = ','
+    )]
+    pub reader_roles: Vec<String>,
 }

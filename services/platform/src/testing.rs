@@ -370,12 +370,16 @@ fn with_database(url: &str, database: &str) -> String {
     out
 }
 
-async fn admin_connection() -> sqlx::PgConnection {
+async fn connect_admin(admin_url: &str) -> sqlx::PgConnection {
     use sqlx::Connection as _;
-    let url = database_admin_url();
-    sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
-        panic!("cannot connect to the test PostgreSQL (TALLYHOUSE_TEST_DATABASE_URL): {e}")
-    })
+    sqlx::PgConnection::connect(admin_url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to the test PostgreSQL {}: {e}",
+                with_database(admin_url, "…")
+            )
+        })
 }
 
 /// A fresh, empty database with a random name (`tallyhouse_test_<hex>`),
@@ -383,29 +387,101 @@ async fn admin_connection() -> sqlx::PgConnection {
 /// Returns its name and a URL of it with the superuser's credentials. Drop it
 /// with [`drop_test_database`].
 pub async fn test_database() -> (String, String) {
+    test_database_on(&database_admin_url()).await
+}
+
+/// [`test_database`] on the server of another superuser URL `admin_url`
+/// (a second PostgreSQL server, e.g. one with Citus). Drop it with
+/// [`drop_test_database_on`].
+pub async fn test_database_on(admin_url: &str) -> (String, String) {
     let name = format!(
         "tallyhouse_test_{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
-    let mut conn = admin_connection().await;
+    let mut conn = connect_admin(admin_url).await;
     // The name is ours (hex only), so formatting it into the statement is safe.
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .execute(&mut conn)
         .await
         .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
-    let url = with_database(&database_admin_url(), &name);
+    let url = with_database(admin_url, &name);
     (name, url)
+}
+
+/// When the server of `url` preloads Citus (`shared_preload_libraries`),
+/// makes the database at `url` (a superuser URL) a single-node Citus
+/// database: creates the `citus` extension and, unless a coordinator is
+/// registered already, registers the server itself (at the URL's host and
+/// port) as the coordinator holding the shards, with 4 shards per table
+/// instead of 32 (tests make many small databases). Returns whether it did;
+/// on a server without Citus it changes nothing.
+pub async fn prepare_citus(url: &str) -> bool {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", with_database(url, "…")));
+    let preload: String = sqlx::query_scalar("SELECT current_setting('shared_preload_libraries')")
+        .fetch_one(&mut conn)
+        .await
+        .expect("read shared_preload_libraries");
+    if !preload.split(',').any(|lib| lib.trim() == "citus") {
+        return false;
+    }
+    let (host, port, _, _) = database_login(url);
+    let statements = [
+        "CREATE EXTENSION IF NOT EXISTS citus",
+        "SELECT citus_set_coordinator_host($1, $2) \
+         WHERE NOT EXISTS (SELECT 1 FROM pg_dist_node WHERE groupid = 0)",
+        "SELECT citus_set_node_property($1, $2, 'shouldhaveshards', true) \
+         WHERE EXISTS (SELECT 1 FROM pg_dist_node WHERE nodename = $1 AND nodeport = $2 AND NOT shouldhaveshards)",
+    ];
+    let name = url
+        .split('?')
+        .next()
+        .and_then(|base| base.rsplit_once('/'))
+        .map(|(_, db)| db.to_owned())
+        .unwrap_or_default();
+    assert!(
+        name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        "unexpected database name {name:?}"
+    );
+    // Read by the sessions that come after (ingest migrate's).
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{name}\" SET citus.shard_count = 4"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("set citus.shard_count");
+    for (i, sql) in statements.into_iter().enumerate() {
+        let query = sqlx::query(sql);
+        let query = if i == 0 {
+            query
+        } else {
+            query.bind(&host).bind(i32::from(port))
+        };
+        query
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let _ = conn.close().await;
+    true
 }
 
 /// Drops a database made by [`test_database`], closing its sessions first.
 /// Errors are ignored: cleanup must not fail a test.
 pub async fn drop_test_database(name: &str) {
+    drop_test_database_on(&database_admin_url(), name).await;
+}
+
+/// [`drop_test_database`] for a database made by [`test_database_on`].
+pub async fn drop_test_database_on(admin_url: &str, name: &str) {
     assert!(
         name.starts_with("tallyhouse_test_")
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
         "refusing to drop {name:?}: not a test database"
     );
-    let mut conn = admin_connection().await;
+    let mut conn = connect_admin(admin_url).await;
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
     )))
@@ -446,8 +522,11 @@ pub async fn query_json(url: &str, sql: &str) -> Vec<serde_json::Value> {
         .execute(&mut conn)
         .await
         .expect("SET TIME ZONE");
+    // A materialized CTE rather than a subquery: on a Citus table a
+    // multi-shard subquery's whole-row value loses its column names
+    // (`f1`, `f2`, …; Citus #1485, #1745).
     let rows = sqlx::query_scalar::<_, serde_json::Value>(sqlx::AssertSqlSafe(format!(
-        "SELECT to_jsonb(q) FROM ({sql}) AS q"
+        "WITH q AS MATERIALIZED ({sql}) SELECT to_jsonb(q) FROM q"
     )))
     .fetch_all(&mut conn)
     .await
