@@ -9,11 +9,7 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = GatewayArgs::parse();
-    platform::telemetry::init_telemetry(
-        gateway::SERVICE,
-        &args.common.environment,
-        &args.common.log_filter,
-    );
+    platform::telemetry::init_telemetry(gateway::SERVICE, &args.common.telemetry());
     let outcome = async {
         let app = Application::build(args).await?;
         app.run_until_stopped().await

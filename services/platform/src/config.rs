@@ -4,12 +4,14 @@
 
 use crate::amqp::BrokerUri;
 use crate::rpc::RpcConfig;
+use crate::telemetry::TelemetryConfig;
 use crate::vault::Vault;
 use anyhow::Context as _;
 use rpc_contracts::Topology;
 use secrecy::{ExposeSecret as _, SecretString};
 use std::net::SocketAddr;
 use std::time::Duration;
+use tracing_loki::url::Url;
 
 /// Flags every service takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -67,6 +69,31 @@ pub struct CommonArgs {
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "TALLYHOUSE_LOG", default_value = "info")]
     pub log_filter: String,
+
+    /// Base URL of Loki to ship the logs to as well as stdout, e.g.
+    /// `http://loki:3100` (`loki/api/v1/push` is resolved against it, so a
+    /// path prefix needs its trailing `/`). Unset: stdout only. Without
+    /// credentials: a URL carrying any is refused.
+    #[arg(long, env = "TALLYHOUSE_LOKI_URL", value_parser = parse_loki_url)]
+    pub loki_url: Option<Url>,
+}
+
+fn parse_loki_url(s: &str) -> Result<Url, String> {
+    if s.is_empty() {
+        return Err("empty: leave it unset to log to stdout only".to_owned());
+    }
+    let url = Url::parse(s).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{} is not http or https", url.scheme()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        // It would be shown by `--help`, `Debug` and the start-up line.
+        return Err("credentials do not belong in the Loki URL".to_owned());
+    }
+    if url.host().is_none() {
+        return Err("the Loki URL has no host".to_owned());
+    }
+    Ok(url)
 }
 
 fn parse_secret(s: &str) -> Result<SecretString, String> {
@@ -78,6 +105,15 @@ fn parse_secret(s: &str) -> Result<SecretString, String> {
 }
 
 impl CommonArgs {
+    /// Where this service's logs go (see [`crate::telemetry::init_telemetry`]).
+    pub fn telemetry(&self) -> TelemetryConfig {
+        TelemetryConfig {
+            environment: self.environment.clone(),
+            log_filter: self.log_filter.clone(),
+            loki_url: self.loki_url.clone(),
+        }
+    }
+
     /// The Vault client of `service`.
     pub fn vault(&self, service: &str) -> anyhow::Result<Vault> {
         Ok(Vault::new(
@@ -135,6 +171,35 @@ mod tests {
         .unwrap();
         assert_eq!(cli.common.amqp_uris.len(), 2);
         assert!(!format!("{:?}", cli.common).contains("very-secret"));
+    }
+
+    #[test]
+    fn the_loki_url_is_optional_and_refused_with_credentials() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["svc", "--amqp-uris", "amqp://a:1/%2f", "--vault-token", "t"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|cli| cli.common.telemetry().loki_url)
+        };
+        assert_eq!(parse(&[]).unwrap(), None);
+        assert_eq!(
+            parse(&["--loki-url", "http://loki:3100"])
+                .unwrap()
+                .map(String::from),
+            Some("http://loki:3100/".to_owned())
+        );
+        for (bad, why) in [
+            ("https://user:key@logs.example", "credentials"),
+            ("https://user@logs.example", "a user name"),
+            ("ftp://loki:3100", "not http"),
+            ("loki:3100", "no scheme"),
+            ("not a url", "not a URL"),
+            ("", "empty"),
+        ] {
+            assert!(
+                parse(&["--loki-url", bad]).is_err(),
+                "{bad} ({why}) was taken"
+            );
+        }
     }
 
     #[test]

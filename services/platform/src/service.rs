@@ -81,9 +81,11 @@ impl Service {
     }
 }
 
-/// Turns a service's outcome into its exit code, logging the failure once.
+/// Turns a service's outcome into its exit code, logging the failure once,
+/// then flushes the Loki shipper (the last line, `stopped` or `fatal error`,
+/// included; see [`crate::telemetry::flush_logs`]).
 pub fn exit_code(service: &'static str, outcome: anyhow::Result<()>) -> ExitCode {
-    match outcome {
+    let code = match outcome {
         Ok(()) => {
             tracing::info!(service, "stopped");
             ExitCode::SUCCESS
@@ -93,5 +95,7 @@ pub fn exit_code(service: &'static str, outcome: anyhow::Result<()>) -> ExitCode
             eprintln!("{service}: fatal: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    crate::telemetry::flush_logs();
+    code
 }

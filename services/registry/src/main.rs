@@ -9,7 +9,7 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = RegistryArgs::parse();
-    platform::telemetry::init_telemetry(SERVICE, &args.common.environment, &args.common.log_filter);
+    platform::telemetry::init_telemetry(SERVICE, &args.common.telemetry());
     exit_code(SERVICE, run(args).await)
 }
 

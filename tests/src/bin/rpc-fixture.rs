@@ -28,7 +28,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    platform::telemetry::init_telemetry("rpc-fixture", "test", "info");
+    platform::telemetry::init_telemetry(
+        "rpc-fixture",
+        &platform::telemetry::TelemetryConfig::stdout("test", "info"),
+    );
     let uri = BrokerUri::parse(&args.amqp_uri).map_err(anyhow::Error::msg)?;
     let topology = Topology::new(args.namespace).map_err(anyhow::Error::msg)?;
     let config = rpc_config(&topology, vec![uri], &args.instance);
