@@ -516,3 +516,83 @@ async fn stored_rows_are_immutable_for_the_service_role_and_even_for_the_owner()
     assert_eq!(count(&stack, "SELECT count(*) AS n FROM records").await, 2);
     stack.finish().await;
 }
+
+/// The value of the sample `name{labels}` (as written in the exposition,
+/// e.g. `tallyhouse_ingest_records_total`), 0 when absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn the_ingest_metrics_count_stored_duplicate_and_rejected_packages_and_time_each_stage() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let (key, key_id) = stack.submitter_with_key("acme").await;
+    let before = stack.scrape_metrics("ingest").await;
+    assert_eq!(
+        sample(&before, "tallyhouse_ingest_records_total"),
+        0.0,
+        "{before}"
+    );
+
+    let body = serde_json::to_vec(&package("acme", 7)).unwrap();
+    assert_eq!(submit(&stack, &key, &key_id, &body).await.status(), 201);
+    assert_eq!(submit(&stack, &key, &key_id, &body).await.status(), 200);
+    let other = serde_json::to_vec(&package("acme", 3)).unwrap();
+    let forged = signature_header(&SigningKey::generate(), &other);
+    assert_eq!(
+        problem_code(post(&stack, &other, key_id.as_str(), &forged).await).await,
+        (401, "bad_signature".into())
+    );
+
+    let after = stack.scrape_metrics("ingest").await;
+    let packages = |outcome: &str, code: &str| {
+        sample(
+            &after,
+            &format!("tallyhouse_ingest_packages_total{{outcome=\"{outcome}\",code=\"{code}\"}}"),
+        )
+    };
+    assert_eq!(packages("stored", "none"), 1.0, "{after}");
+    assert_eq!(packages("duplicate", "none"), 1.0, "{after}");
+    assert_eq!(packages("rejected", "bad_signature"), 1.0, "{after}");
+    assert_eq!(sample(&after, "tallyhouse_ingest_records_total"), 7.0);
+    assert_eq!(
+        sample(&after, "tallyhouse_ingest_bytes_total"),
+        body.len() as f64
+    );
+    // Every stage of the stored package was timed once; verify and parse
+    // also for the duplicate, verify also for the forgery.
+    let stage_count = |stage: &str| {
+        sample(
+            &after,
+            &format!("tallyhouse_ingest_stage_seconds_count{{stage=\"{stage}\"}}"),
+        )
+    };
+    for (stage, n) in [
+        ("key_lookup", 3.0),
+        ("verify_queue", 3.0),
+        ("verify", 3.0),
+        ("hash", 2.0),
+        ("parse", 2.0),
+        ("dedupe", 2.0),
+        ("receipt_sign", 1.0),
+        ("blob_put", 1.0),
+        ("db_write", 1.0),
+    ] {
+        assert_eq!(stage_count(stage), n, "stage {stage}\n{after}");
+    }
+    assert!(
+        sample(
+            &after,
+            "tallyhouse_ingest_stage_cpu_seconds_total{stage=\"verify\"}"
+        ) > 0.0,
+        "{after}"
+    );
+    stack.finish().await;
+}

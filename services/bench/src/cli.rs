@@ -48,6 +48,11 @@ pub struct Options {
     /// (read from /proc; optional).
     #[arg(long)]
     pub broker_pid: Option<u32>,
+
+    /// Benchmarks that start the services (`ingest`): use the binaries
+    /// already in the target directory instead of building them first.
+    #[arg(long)]
+    pub no_build: bool,
 }
 
 fn non_negative_secs(s: &str) -> Result<f64, String> {

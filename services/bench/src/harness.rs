@@ -23,11 +23,31 @@ pub trait Benchmark: Sync {
     /// registered with [`Context::janitor`] before use so that they are
     /// deleted however the run ends.
     fn run<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, anyhow::Result<Report>>;
+
+    /// Environment variables the benchmark needs and that this process
+    /// lacks: when `Some`, the harness runs the same command again in a
+    /// child process with them set (a process cannot safely change its own
+    /// environment once threads run), and passes on its exit status.
+    fn missing_environment(&self) -> anyhow::Result<Option<Vec<(String, String)>>> {
+        Ok(None)
+    }
+
+    /// Whether [`Benchmark::run`] watches [`Context::stop`] and cleans up
+    /// before returning: on Ctrl-C the harness then cancels it and waits
+    /// for the run to return (a second Ctrl-C gives up waiting) instead of
+    /// dropping it at once.
+    fn cleans_up_on_interrupt(&self) -> bool {
+        false
+    }
 }
 
 /// Every benchmark, in `--list` order.
 pub fn registry() -> &'static [&'static dyn Benchmark] {
-    &[&crate::rpc::RpcBenchmark, &crate::rpc::RpcBreakdown]
+    &[
+        &crate::rpc::RpcBenchmark,
+        &crate::rpc::RpcBreakdown,
+        &crate::ingest::IngestBenchmark,
+    ]
 }
 
 /// What a benchmark runs with.
@@ -44,6 +64,8 @@ pub struct Context {
     /// benchmark starts stop on a child of it, so that none re-declares
     /// its queue after the janitor has deleted it.
     pub stop: CancellationToken,
+    /// `--no-build`: use the service binaries as they are.
+    pub no_build: bool,
     only: Vec<String>,
     run_id: String,
 }
@@ -69,6 +91,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         let known: Vec<_> = registry().iter().map(|b| b.name()).collect();
         anyhow::bail!("no benchmark named {name:?}; known: {}", known.join(", "));
     };
+    if let Some(env) = benchmark.missing_environment()? {
+        return rerun_with(&env).await;
+    }
     let ctx = Context {
         amqp_uri: options.amqp_uri,
         shape: LoadShape {
@@ -79,6 +104,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         cpu: CpuProbe::new(options.broker_pid),
         janitor: Janitor::default(),
         stop: CancellationToken::new(),
+        no_build: options.no_build,
         only: options.only,
         run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
     };
@@ -92,9 +118,24 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         ctx.shape.rounds,
         ctx.shape.warmup,
     );
-    let outcome = tokio::select! {
-        r = benchmark.run(&ctx) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    let outcome = {
+        let run = benchmark.run(&ctx);
+        tokio::pin!(run);
+        tokio::select! {
+            r = &mut run => r,
+            _ = tokio::signal::ctrl_c() => {
+                ctx.stop.cancel();
+                if benchmark.cleans_up_on_interrupt() {
+                    eprintln!("bench: interrupted: cleaning up (Ctrl-C again to leave things behind)");
+                    tokio::select! {
+                        r = &mut run => r.and(Err(anyhow::anyhow!("interrupted"))),
+                        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted twice: cleanup abandoned")),
+                    }
+                } else {
+                    Err(anyhow::anyhow!("interrupted"))
+                }
+            }
+        }
     };
     ctx.stop.cancel();
     if let Err(e) = ctx.janitor.sweep(&ctx.amqp_uri).await {
@@ -117,4 +158,25 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
     report.print();
     Ok(())
+}
+
+/// Runs this same command in a child process with `env` added, waits for
+/// it (a Ctrl-C reaches the child too: this process waits for it to clean
+/// up), and fails if it failed.
+async fn rerun_with(env: &[(String, String)]) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .spawn()?;
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                let status = status?;
+                anyhow::ensure!(status.success(), "the benchmark process {status}");
+                return Ok(());
+            }
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
 }

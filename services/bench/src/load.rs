@@ -76,11 +76,7 @@ impl Measured {
         }
         self.window += other.window;
         self.latency_us.add(&other.latency_us)?;
-        let sum = |a: Option<Duration>, b: Option<Duration>| Some(a? + b?);
-        self.cpu = CpuSample {
-            own: sum(self.cpu.own, other.cpu.own),
-            broker: sum(self.cpu.broker, other.cpu.broker),
-        };
+        self.cpu = self.cpu.plus(&other.cpu);
         Ok(())
     }
 
@@ -92,6 +88,12 @@ impl Measured {
     /// CPU time per successful call, in microseconds, of the broker.
     pub fn broker_cpu_us_per_call(&self) -> Option<f64> {
         per_call(self.cpu.broker, self.completed)
+    }
+
+    /// CPU time per successful call, in microseconds, of the `i`-th
+    /// watched process (see [`CpuProbe::watching`]).
+    pub fn watched_cpu_us_per_call(&self, i: usize) -> Option<f64> {
+        per_call(self.cpu.watched.get(i).copied().flatten(), self.completed)
     }
 }
 
@@ -119,7 +121,7 @@ pub async fn closed_loop(
     warmup: Duration,
     window: Duration,
     in_flight: usize,
-    cpu: CpuProbe,
+    cpu: &CpuProbe,
     call: CallFn,
 ) -> anyhow::Result<Measured> {
     let from = Instant::now() + warmup;
@@ -185,4 +187,49 @@ async fn worker(call: CallFn, from: Instant, to: Instant) -> Tally {
             }
         }
     }
+}
+
+/// Measures each of `calls` at `in_flight` calls in flight for
+/// `shape.duration`, cut into `shape.rounds` slices taken in turn with the
+/// others, starting each round with a different one (round `r` starts with
+/// call `(r + offset) % n`), so that drift (other load on the machine,
+/// servers' deferred work) does not favour any of them. `before_slice(k)`
+/// runs, unmeasured, before each slice of call `k` (e.g. to prepare the
+/// inputs the slice will use).
+pub async fn interleaved<'a>(
+    shape: LoadShape,
+    in_flight: usize,
+    cpu: &CpuProbe,
+    calls: &[CallFn],
+    offset: usize,
+    before_slice: &(dyn Fn(usize) -> BoxFuture<'a, anyhow::Result<()>> + Sync),
+) -> anyhow::Result<Vec<Measured>> {
+    let mut results: Vec<Option<Measured>> = calls.iter().map(|_| None).collect();
+    for round in 0..shape.rounds as usize {
+        for turn in 0..calls.len() {
+            let k = (turn + round + offset) % calls.len();
+            before_slice(k).await?;
+            let m = closed_loop(
+                shape.warmup,
+                shape.slice(),
+                in_flight,
+                cpu,
+                calls[k].clone(),
+            )
+            .await?;
+            match &mut results[k] {
+                Some(total) => total.absorb(m)?,
+                slot => *slot = Some(m),
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|m| m.ok_or_else(|| anyhow::anyhow!("no slice measured (rounds = 0)")))
+        .collect()
+}
+
+/// A `before_slice` for [`interleaved`] that does nothing.
+pub fn nothing_before(_: usize) -> BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(async { Ok(()) })
 }

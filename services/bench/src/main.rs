@@ -4,6 +4,7 @@
 mod cli;
 mod cpu;
 mod harness;
+mod ingest;
 mod janitor;
 mod load;
 mod report;

@@ -1,6 +1,6 @@
-//! What a benchmark hands back: a table for people and a flat map of named
-//! figures for machines, printed as the table followed by one JSON line
-//! (always the last line of stdout).
+//! What a benchmark hands back: a table for people (and optionally more
+//! tables under it) and a flat map of named figures for machines, printed
+//! as the tables followed by one JSON line (always the last line of stdout).
 
 use serde_json::{Map, Value};
 
@@ -12,6 +12,7 @@ pub struct Report {
     rows: Vec<Vec<String>>,
     notes: Vec<String>,
     figures: Map<String, Value>,
+    more: Vec<(String, Report)>,
 }
 
 impl Report {
@@ -33,6 +34,12 @@ impl Report {
     /// Adds a line printed under the table.
     pub fn note(&mut self, note: impl Into<String>) {
         self.notes.push(note.into());
+    }
+
+    /// Adds a table printed under the main one (and its notes), with its
+    /// own title; `table`'s figures are ignored (set them on `self`).
+    pub fn add_table(&mut self, title: impl Into<String>, table: Report) {
+        self.more.push((title.into(), table));
     }
 
     /// Sets figure `name` in the JSON line.
@@ -80,6 +87,15 @@ impl Report {
         print!("{}", self.table());
         for note in &self.notes {
             println!("{note}");
+        }
+        for (title, table) in &self.more {
+            println!();
+            println!("{title}");
+            println!();
+            print!("{}", table.table());
+            for note in &table.notes {
+                println!("{note}");
+            }
         }
         println!("{}", Value::Object(self.figures.clone()));
     }

@@ -9,9 +9,12 @@
 //! clock.
 
 use crate::keys::{KeyError, PublicKey, SigningKey};
+use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use rpc_contracts::{KeyId, SubmitterId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -90,11 +93,21 @@ pub enum ReceiptError {
     InvalidSignature,
 }
 
-/// The platform's receipt signing key.
+/// The platform's receipt signing key, parsed once.
+///
+/// Receipts are compact JWS made here rather than with
+/// `jsonwebtoken::encode`, which re-parses the PKCS#8 key (and re-derives
+/// its public point) on every call: that cost about as much as the
+/// signature itself (see docs/benchmarks.md, "ingest"). The bytes are the
+/// same: the header JSON is serialised once from `jsonwebtoken`'s
+/// [`Header`], the payload with `serde_json`, both base64url without
+/// padding, and the signature is the fixed-size `r‖s` of ES256.
 pub struct ReceiptSigner {
-    key: EncodingKey,
+    key_pair: EcdsaKeyPair,
+    rng: SystemRandom,
     public: PublicKey,
-    header: Header,
+    /// `base64url(header JSON) + "."`, the start of every receipt.
+    header_b64: String,
 }
 
 impl ReceiptSigner {
@@ -107,20 +120,23 @@ impl ReceiptSigner {
     /// Uses `key` as the receipt key.
     pub fn from_signing_key(key: &SigningKey) -> Result<Self, ReceiptError> {
         let der = key.to_pkcs8_der();
-        // jsonwebtoken parses the key only when signing: check it now.
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der).map_err(|e| {
-            ReceiptError::Key(KeyError::Malformed(format!(
-                "aws-lc-rs refused the key: {e}"
-            )))
-        })?;
+        let key_pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der).map_err(|e| {
+                ReceiptError::Key(KeyError::Malformed(format!(
+                    "aws-lc-rs refused the key: {e}"
+                )))
+            })?;
         let public = key.public_key();
-        let mut header = Header::new(Algorithm::ES256);
-        header.typ = Some(RECEIPT_TYPE.to_owned());
-        header.kid = Some(public.key_id().as_str().to_owned());
+        let header = receipt_header(&public.key_id());
+        let header_json = serde_json::to_vec(&header)
+            .map_err(|e| ReceiptError::Signing(format!("cannot encode the header: {e}")))?;
+        let mut header_b64 = URL_SAFE_NO_PAD.encode(header_json);
+        header_b64.push('.');
         Ok(Self {
-            key: EncodingKey::from_ec_der(&der),
+            key_pair,
+            rng: SystemRandom::new(),
             public,
-            header,
+            header_b64,
         })
     }
 
@@ -167,11 +183,29 @@ impl ReceiptSigner {
                 ..claims.clone()
             },
         };
-        jsonwebtoken::encode(&self.header, &payload, &self.key).map_err(|e| match e.kind() {
-            ErrorKind::Json(_) => ReceiptError::InvalidClaims(e.to_string()),
-            _ => ReceiptError::Signing(e.to_string()),
-        })
+        let payload_json =
+            serde_json::to_vec(&payload).map_err(|e| ReceiptError::InvalidClaims(e.to_string()))?;
+        // header.payload.signature, each part base64url without padding.
+        let payload_len = base64::encoded_len(payload_json.len(), false).unwrap_or(0);
+        let mut token = String::with_capacity(self.header_b64.len() + payload_len + 1 + 86);
+        token.push_str(&self.header_b64);
+        URL_SAFE_NO_PAD.encode_string(&payload_json, &mut token);
+        let signature = self
+            .key_pair
+            .sign(&self.rng, token.as_bytes())
+            .map_err(|e| ReceiptError::Signing(e.to_string()))?;
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut token);
+        Ok(token)
     }
+}
+
+/// The JOSE header of every receipt made with the key `kid`.
+fn receipt_header(kid: &KeyId) -> Header {
+    let mut header = Header::new(Algorithm::ES256);
+    header.typ = Some(RECEIPT_TYPE.to_owned());
+    header.kid = Some(kid.as_str().to_owned());
+    header
 }
 
 impl fmt::Debug for ReceiptSigner {
@@ -284,18 +318,27 @@ fn check_sha256(sha256: &str) -> Result<(), ReceiptError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use jsonwebtoken::EncodingKey;
     use serde_json::{Value, json};
     use time::macros::datetime;
 
-    fn test_signer() -> ReceiptSigner {
-        let pem = std::fs::read_to_string(concat!(
+    fn test_key_pem() -> String {
+        std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/testdata/receipt-test-key.pem"
         ))
-        .unwrap();
-        ReceiptSigner::from_pkcs8_pem(&pem).unwrap()
+        .unwrap()
+    }
+
+    fn test_signer() -> ReceiptSigner {
+        ReceiptSigner::from_pkcs8_pem(&test_key_pem()).unwrap()
+    }
+
+    /// `jsonwebtoken`'s own signing with the test key, to make tokens
+    /// with headers or payloads the signer would not write.
+    fn jwt_encode(header: &Header, payload: &impl Serialize) -> String {
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(test_key_pem().as_bytes()).unwrap();
+        jsonwebtoken::encode(header, payload, &key).unwrap()
     }
 
     fn claims() -> ReceiptClaims {
@@ -328,6 +371,21 @@ mod tests {
         let signer = test_signer();
         let token = signer.sign(&claims()).unwrap();
         assert_eq!(verify_receipt(&token, &[signer.jwk()]).unwrap(), claims());
+    }
+
+    #[test]
+    fn header_and_payload_are_byte_for_byte_what_jsonwebtoken_writes() {
+        let signer = test_signer();
+        let token = signer.sign(&claims()).unwrap();
+        let payload: Payload = serde_json::from_value(part(&token, 1)).unwrap();
+        let reference = jwt_encode(&receipt_header(&signer.key_id()), &payload);
+        let head = |t: &str| t.rsplit_once('.').unwrap().0.to_owned();
+        assert_eq!(head(&token), head(&reference));
+        // Signing is randomised, so the signatures differ; both verify.
+        assert_eq!(
+            verify_receipt(&reference, &[signer.jwk()]).unwrap(),
+            claims()
+        );
     }
 
     #[test]
@@ -486,12 +544,10 @@ mod tests {
         no_kid.as_object_mut().unwrap().remove("kid");
         for (case, header) in [("typ", other_typ), ("crit", with_crit), ("kid", no_kid)] {
             // Re-sign honestly so only the header rule can fail.
-            let encoded = jsonwebtoken::encode(
+            let encoded = jwt_encode(
                 &serde_json::from_value::<Header>(header).unwrap(),
                 &part(&token, 1),
-                &signer.key,
-            )
-            .unwrap();
+            );
             assert!(
                 matches!(
                     verify_receipt(&encoded, &jwks),
@@ -501,8 +557,8 @@ mod tests {
             );
         }
 
-        let honest =
-            |payload: Value| jsonwebtoken::encode(&signer.header, &payload, &signer.key).unwrap();
+        let signer_header = receipt_header(&signer.key_id());
+        let honest = |payload: Value| jwt_encode(&signer_header, &payload);
         let mut wrong_iss = part(&token, 1);
         wrong_iss["iss"] = "someone-else".into();
         let mut no_iss = part(&token, 1);

@@ -4,6 +4,7 @@
 
 mod args;
 mod keys;
+mod metrics;
 mod schema;
 mod service;
 mod store;
@@ -21,8 +22,9 @@ enum Cli {
     /// Serve the ingest RPC queue.
     Serve(Box<args::ServeArgs>),
     /// Create or upgrade the time-series schema (as the database owner),
-    /// distribute it when Citus is present, and grant the service role
-    /// what it needs (SELECT and INSERT only).
+    /// distribute it when the citus extension has been created in the
+    /// database, and grant the service role what it needs (SELECT and
+    /// INSERT only) and any reader role (the query service's) SELECT only.
     Migrate(args::MigrateArgs),
 }
 
@@ -30,15 +32,12 @@ enum Cli {
 async fn main() -> ExitCode {
     match Cli::parse() {
         Cli::Serve(args) => {
-            platform::telemetry::init_telemetry(
-                SERVICE,
-                &args.common.environment,
-                &args.common.log_filter,
-            );
+            platform::telemetry::init_telemetry(SERVICE, &args.common.telemetry());
             exit_code(SERVICE, service::run(*args).await)
         }
         Cli::Migrate(args) => {
-            platform::telemetry::init_telemetry(SERVICE, &args.environment, "info");
+            let telemetry = platform::telemetry::TelemetryConfig::stdout(&args.environment, "info");
+            platform::telemetry::init_telemetry(SERVICE, &telemetry);
             exit_code(SERVICE, schema::migrate(&args).await)
         }
     }

@@ -1,9 +1,11 @@
 //! `ingest serve`: start-up, and the SubmitPackage handler: cheap checks
 //! first, then the signature over the exact bytes, then the parse of those
-//! bytes, then evidence to S3, then one transaction, then the receipt.
+//! bytes, then evidence to S3, then one transaction, then the receipt. Each
+//! stage is timed and each outcome counted in [`crate::metrics`].
 
 use crate::args::ServeArgs;
 use crate::keys::KeyDirectory;
+use crate::metrics::{IngestMetrics, Stage};
 use crate::schema;
 use crate::store::{PackageRow, RecordStore};
 use anyhow::Context as _;
@@ -18,7 +20,7 @@ use rpc_contracts::ingest::{
 use rpc_contracts::{ErrorCode, KeyId, RpcError};
 use serde::Deserialize;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
@@ -34,6 +36,7 @@ struct Ingest {
     evidence: EvidenceStore,
     signer: ReceiptSigner,
     verify_slots: Semaphore,
+    metrics: IngestMetrics,
     audience: String,
     created_at_max_age: time::Duration,
     created_at_max_skew: time::Duration,
@@ -69,6 +72,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .ensure_bucket()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let metrics = IngestMetrics::register(&mut svc.registry);
     let rpc = RpcClient::start(svc.rpc.clone(), svc.rpc_metrics.clone());
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let ingest = Arc::new(Ingest {
@@ -77,6 +81,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         evidence,
         signer,
         verify_slots: Semaphore::new(args.verify_concurrency.unwrap_or(cores).max(1)),
+        metrics,
         audience: args.audience.clone(),
         created_at_max_age: time::Duration::seconds(args.created_at_max_age_secs as i64),
         created_at_max_skew: time::Duration::seconds(args.created_at_max_skew_secs as i64),
@@ -108,6 +113,7 @@ fn err(code: ErrorCode, message: impl Into<String>) -> RpcError {
 }
 
 impl Ingest {
+    /// The SubmitPackage handler: [`Ingest::store`], counted by outcome.
     #[tracing::instrument(skip_all, fields(trace_id = %ctx.trace_id, size = req.body.0.len()))]
     async fn submit(
         &self,
@@ -115,6 +121,21 @@ impl Ingest {
         req: SubmitPackageRequest,
         received_at: OffsetDateTime,
     ) -> Result<SubmitPackageResponse, RpcError> {
+        let outcome = self.store(ctx, req, received_at).await;
+        self.metrics.finished(match &outcome {
+            Ok(response) => Ok(response.created),
+            Err(e) => Err(e.code),
+        });
+        outcome
+    }
+
+    async fn store(
+        &self,
+        ctx: RequestContext,
+        req: SubmitPackageRequest,
+        received_at: OffsetDateTime,
+    ) -> Result<SubmitPackageResponse, RpcError> {
+        let metrics = &self.metrics;
         // Cheap checks first: header shapes, then the key's state.
         let key_id = KeyId::parse(req.key_id.trim())
             .map_err(|_| err(ErrorCode::UnknownKey, "Tallyhouse-Key-Id is not a key id"))?;
@@ -124,12 +145,16 @@ impl Ingest {
                 format!("Tallyhouse-Signature: {e}"),
             )
         })?;
-        let known = self.keys.get(&key_id, &ctx).await?;
+        let started = Instant::now();
+        let known = self.keys.get(&key_id, &ctx).await;
+        metrics.observe(Stage::KeyLookup, started.elapsed());
+        let known = known?;
         check_key_state(&known.info, received_at)?;
 
         // The signature over the exact bytes, then the parse of those bytes.
         let body = Arc::new(req.body.0);
         let (package, sha256, signature) = {
+            let queued = Instant::now();
             let _slot = self
                 .verify_slots
                 .acquire()
@@ -137,15 +162,20 @@ impl Ingest {
                 .map_err(|_| err(ErrorCode::Unavailable, "shutting down"))?;
             let body = body.clone();
             let key = known.clone();
+            let metrics = metrics.clone();
             tokio::task::spawn_blocking(move || {
-                key.key.verify(&body, &signature).map_err(|_| {
-                    err(
-                        ErrorCode::BadSignature,
-                        "the signature does not verify over the body",
-                    )
-                })?;
-                let sha256 = evidence::sha256(&body);
-                let package = evidence::parse_package(&body)
+                metrics.observe(Stage::VerifyQueue, queued.elapsed());
+                metrics
+                    .compute(Stage::Verify, || key.key.verify(&body, &signature))
+                    .map_err(|_| {
+                        err(
+                            ErrorCode::BadSignature,
+                            "the signature does not verify over the body",
+                        )
+                    })?;
+                let sha256 = metrics.compute(Stage::Hash, || evidence::sha256(&body));
+                let package = metrics
+                    .compute(Stage::Parse, || evidence::parse_package(&body))
                     .map_err(|e| err(ErrorCode::MalformedPackage, e.to_string()))?;
                 Ok::<_, RpcError>((package, sha256, signature))
             })
@@ -201,7 +231,10 @@ impl Ingest {
 
         // Idempotency: (submitter_id, package_id) and the body's SHA-256.
         let submitter = package.submitter_id.as_str().to_owned();
-        if let Some(existing) = self.store.existing(&submitter, package.package_id).await? {
+        let started = Instant::now();
+        let existing = self.store.existing(&submitter, package.package_id).await;
+        metrics.observe(Stage::Dedupe, started.elapsed());
+        if let Some(existing) = existing? {
             return same_or_conflict(&existing.sha256, &sha256, existing.receipt);
         }
 
@@ -213,16 +246,21 @@ impl Ingest {
             records: package.records.len() as u64,
             received_at,
         };
-        let receipt = self.signer.sign(&claims).map_err(|e| {
-            tracing::error!(error = %e, "cannot sign receipt");
-            err(ErrorCode::Internal, "cannot sign the receipt")
-        })?;
+        // Signing takes tens of microseconds: not worth a thread hop.
+        let receipt = metrics
+            .compute(Stage::ReceiptSign, || self.signer.sign(&claims))
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot sign receipt");
+                err(ErrorCode::Internal, "cannot sign the receipt")
+            })?;
 
         // Evidence first: an orphan blob is harmless, a row without its blob is not.
         let body = Arc::try_unwrap(body).unwrap_or_else(|b| (*b).clone());
         let size = body.len() as i64;
-        let blob_key = self.evidence.put_blob(&sha256, body).await?;
-        self.store.ensure_partitions(min_ts, max_ts).await?;
+        let started = Instant::now();
+        let blob_key = self.evidence.put_blob(&sha256, body).await;
+        metrics.observe(Stage::BlobPut, started.elapsed());
+        let blob_key = blob_key?;
         let row = PackageRow {
             submitter_id: submitter.clone(),
             package_id: package.package_id,
@@ -237,7 +275,14 @@ impl Ingest {
             blob_key,
             receipt: receipt.clone(),
         };
-        if self.store.insert(&row, &package.records).await? {
+        let started = Instant::now();
+        let inserted = match self.store.ensure_partitions(min_ts, max_ts).await {
+            Ok(()) => self.store.insert(&row, &package.records).await,
+            Err(e) => Err(e),
+        };
+        metrics.observe(Stage::DbWrite, started.elapsed());
+        if inserted? {
+            metrics.stored(package.records.len(), row.size_bytes as usize);
             tracing::info!(submitter = %submitter, package_id = %package.package_id, records = package.records.len(), "package stored");
             return Ok(SubmitPackageResponse {
                 receipt,

@@ -103,31 +103,21 @@ async fn measure(
                 .iter()
                 .map(|&i| (variants[i].echo)(body_bytes))
                 .collect();
-            let mut results: Vec<Option<Measured>> = selected.iter().map(|_| None).collect();
-            for round in 0..shape.rounds as usize {
-                for turn in 0..selected.len() {
-                    let k = (turn + round + points.len()) % selected.len();
-                    let m = load::closed_loop(
-                        shape.warmup,
-                        shape.slice(),
-                        n,
-                        ctx.cpu,
-                        calls[k].clone(),
-                    )
-                    .await?;
-                    match &mut results[k] {
-                        Some(total) => total.absorb(m)?,
-                        slot => *slot = Some(m),
-                    }
-                }
-            }
+            let results = load::interleaved(
+                shape,
+                n,
+                &ctx.cpu,
+                &calls,
+                points.len(),
+                &load::nothing_before,
+            )
+            .await?;
             let mut point = Point {
                 in_flight: n,
                 body,
                 results: Vec::new(),
             };
             for (&i, m) in selected.iter().zip(results) {
-                let m = m.expect("every selected variant is measured at least once");
                 eprintln!(
                     "bench: {}: {:.0} rps, p50 {:.2} ms, p99 {:.2} ms{}",
                     label(&variants[i]),
