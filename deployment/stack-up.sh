@@ -250,6 +250,9 @@ ensure_s3s_fs() {
 main() {
     ensure_run_dirs
     command -v curl >/dev/null 2>&1 || ensure_apt_pkg curl ca-certificates
+    # Debian's prometheus ships promtool (tests/python/test_grafana.py) and
+    # the server deployment/up.sh runs on 127.0.0.1:9090.
+    command -v promtool >/dev/null 2>&1 || ensure_apt_pkg prometheus
     ensure_postgresql
     ensure_rabbitmq
     ensure_openbao

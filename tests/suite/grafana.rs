@@ -1,0 +1,413 @@
+//! The dashboards and alert rules of grafana/ against what the services
+//! really expose: a stack serves one package, every service is scraped, and
+//! every metric name a Prometheus expression of grafana/dashboards/*.json or
+//! grafana/alerts/*.yaml uses must be in those scrapes (or be one of the
+//! few names other exporters provide).
+
+use evidence::SigningKey;
+use rpc_contracts::ErrorCode;
+use rpc_contracts::auth::{self, LoginRequest, Password};
+use rpc_contracts::query::{ListPackages, ListPackagesRequest};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use tests::stack::{BINARIES, Stack, StackOptions};
+
+/// Names that come from elsewhere than the Tallyhouse services: Prometheus
+/// itself (`up`) and the RabbitMQ exporter.
+const EXTERNAL: [&str; 2] = ["up", "rabbitmq_queue_messages"];
+
+/// Counters whose family stays out of a scrape until an event this test
+/// cannot cheaply cause (a handler panic, an expired request, a lockout),
+/// with the source file that registers them.
+const RARE: [(&str, &str); 3] = [
+    (
+        "tallyhouse_rpc_server_dead_lettered_total",
+        "services/platform/src/rpc/metrics.rs",
+    ),
+    (
+        "tallyhouse_rpc_server_expired_total",
+        "services/platform/src/rpc/metrics.rs",
+    ),
+    (
+        "tallyhouse_auth_lockouts_total",
+        "services/auth/src/metrics.rs",
+    ),
+];
+
+/// PromQL words that look like metric names but are not.
+const KEYWORDS: [&str; 12] = [
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+];
+
+/// Modifiers whose parenthesised list holds label names, not expressions.
+const LABEL_LISTS: [&str; 6] = [
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
+
+fn grafana_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../grafana")
+}
+
+fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The metric names used by a PromQL expression: identifiers outside
+/// strings, label matchers and ranges that are neither functions, keywords,
+/// Grafana variables nor label lists of `by (...)` and the like.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    let is_start = |c: char| c.is_ascii_alphabetic() || c == '_' || c == ':';
+    let is_part = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let skip_to = |mut i: usize, close: char| {
+        while i < chars.len() && chars[i] != close {
+            if chars[i] == '\\' {
+                i += 1;
+            }
+            i += 1;
+        }
+        i + 1
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' || c == '`' {
+            i = skip_to(i + 1, c);
+        } else if c == '{' {
+            i = skip_to(i + 1, '}');
+        } else if c == '[' {
+            i = skip_to(i + 1, ']');
+        } else if c == '$' || c.is_ascii_digit() || c == '.' {
+            // A Grafana variable or a number or duration (`5m`, `1e3`).
+            i += 1;
+            while i < chars.len() && is_part(chars[i]) {
+                i += 1;
+            }
+        } else if is_start(c) {
+            let start = i;
+            while i < chars.len() && is_part(chars[i]) {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let mut next = i;
+            while next < chars.len() && chars[next].is_whitespace() {
+                next += 1;
+            }
+            // `sum by (x) (...)`: an aggregation whose modifier comes first.
+            let word_after: String = chars[next..].iter().take_while(|c| is_part(**c)).collect();
+            let called = (next < chars.len() && chars[next] == '(')
+                || (next > i && (word_after == "by" || word_after == "without"));
+            if called && LABEL_LISTS.contains(&word.as_str()) {
+                i = skip_to(next + 1, ')');
+            } else if !called && !KEYWORDS.contains(&word.to_lowercase().as_str()) {
+                names.insert(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// The PromQL of a dashboard: targets and query variables on the
+/// `prometheus` datasource (`label_values(m, label)` counts as `m`).
+fn dashboard_expressions(node: &Value, out: &mut Vec<String>) {
+    match node {
+        Value::Object(obj) => {
+            let on_prometheus = obj
+                .get("datasource")
+                .and_then(|d| d.get("uid"))
+                .is_some_and(|uid| uid == "prometheus");
+            if on_prometheus {
+                if let Some(expr) = obj.get("expr").and_then(Value::as_str) {
+                    out.push(expr.to_owned());
+                }
+                if let Some(query) = obj
+                    .get("query")
+                    .and_then(|q| q.get("query"))
+                    .and_then(Value::as_str)
+                {
+                    let query = query
+                        .strip_prefix("label_values(")
+                        .and_then(|q| q.rsplit_once(','))
+                        .map_or(query, |(series, _label)| series);
+                    out.push(query.to_owned());
+                }
+            }
+            obj.values().for_each(|v| dashboard_expressions(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| dashboard_expressions(v, out)),
+        _ => {}
+    }
+}
+
+/// The `expr:` values of a Prometheus rule file, plain or block scalars
+/// (`>-`, `|`), read line by line (the rules use no other YAML forms for
+/// `expr`; promtool checks the file itself in tests/python/test_grafana.py).
+fn rule_expressions(text: &str) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (n, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let Some(value) = trimmed
+            .strip_prefix("expr:")
+            .or_else(|| trimmed.strip_prefix("- expr:"))
+        else {
+            continue;
+        };
+        let value = value.trim();
+        if value.starts_with('>') || value.starts_with('|') {
+            let indent = line.len() - trimmed.len();
+            let block: Vec<&str> = lines[n + 1..]
+                .iter()
+                .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+                .map(|l| l.trim())
+                .collect();
+            out.push(block.join(" "));
+        } else {
+            out.push(value.to_owned());
+        }
+    }
+    out
+}
+
+/// Every sample name a scrape declares: the `# TYPE` families expanded the
+/// way OpenMetrics names their samples (so families with no sample yet
+/// count), and the sample lines themselves.
+fn exposed_names(scrape: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in scrape.lines() {
+        if let Some(decl) = line.strip_prefix("# TYPE ") {
+            let mut parts = decl.split_whitespace();
+            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total", "_created"],
+                "histogram" => &["_bucket", "_sum", "_count", "_created"],
+                "summary" => &["", "_sum", "_count", "_created"],
+                "info" => &["_info"],
+                _ => &[""],
+            };
+            names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            names.insert(line[..end].to_owned());
+        }
+    }
+    names
+}
+
+fn sign(key: &SigningKey, body: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(key.sign(body))
+}
+
+fn package(submitter: &str) -> Value {
+    let now = platform::clock::now();
+    let rfc = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    json!({
+        "schema": "tallyhouse.package.v1",
+        "package_id": uuid::Uuid::new_v4(),
+        "submitter_id": submitter,
+        "audience": "local",
+        "created_at": rfc(now),
+        "records": [{"series": "bets.stake", "ts": rfc(now), "value": 1.5, "labels": {"game": "poker"}}]
+    })
+}
+
+#[test]
+fn the_expression_scanner_finds_metric_names_only() {
+    let names = |e: &str| metric_names(e).into_iter().collect::<Vec<_>>();
+    assert_eq!(
+        names(
+            r#"histogram_quantile(0.99, sum by (job, le) (rate(a_bucket{job=~"$job",x="y z"}[$__rate_interval]))) > 1e3"#
+        ),
+        ["a_bucket"]
+    );
+    assert_eq!(
+        names("sum(rate(a_total[5m])) / on (job) group_left (v) b or vector(0) and c offset 5m"),
+        ["a_total", "b", "c"]
+    );
+    assert_eq!(
+        names("time() - max(max_over_time(timestamp(increase(s{o=\"x\"}[5m]) > 0)[1d:1m]))"),
+        ["s"]
+    );
+    assert_eq!(
+        rule_expressions(
+            "  - alert: A\n    expr: >-\n      a\n      / b\n    for: 1m\n  - record: r\n    expr: up == 0\n"
+        ),
+        ["a / b", "up == 0"]
+    );
+}
+
+#[tokio::test]
+async fn every_metric_the_dashboards_and_alerts_use_is_one_the_services_expose() {
+    // What grafana/ uses.
+    let dir = grafana_dir();
+    let mut used: BTreeSet<(String, String)> = BTreeSet::new();
+    let dashboards = files(&dir.join("dashboards"), "json");
+    assert!(dashboards.len() >= 5, "dashboards: {dashboards:?}");
+    for path in &dashboards {
+        let doc: Value = serde_json::from_slice(&std::fs::read(path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut exprs = Vec::new();
+        dashboard_expressions(&doc, &mut exprs);
+        assert!(!exprs.is_empty(), "{}: no PromQL", path.display());
+        for expr in exprs {
+            used.extend(
+                metric_names(&expr)
+                    .into_iter()
+                    .map(|n| (n, path.display().to_string())),
+            );
+        }
+    }
+    let rules = files(&dir.join("alerts"), "yaml");
+    assert!(!rules.is_empty());
+    for path in &rules {
+        let exprs = rule_expressions(&std::fs::read_to_string(path).unwrap());
+        assert!(!exprs.is_empty(), "{}: no expr", path.display());
+        for expr in exprs {
+            used.extend(
+                metric_names(&expr)
+                    .into_iter()
+                    .map(|n| (n, path.display().to_string())),
+            );
+        }
+    }
+
+    // What the services expose, after one package went through.
+    let stack = Stack::start(StackOptions::default()).await;
+    let (key, key_id) = stack.submitter_with_key("acme").await;
+    let body = serde_json::to_vec(&package("acme")).unwrap();
+    let signature = sign(&key, &body);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/packages", stack.base_url))
+        .header("content-type", "application/json")
+        .header("tallyhouse-key-id", key_id.as_str())
+        .header("tallyhouse-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .expect("the gateway answers");
+    assert_eq!(resp.status(), 201);
+    // A refusal (ingest's error counters), a failed login (auth's logins,
+    // Argon2id and slot wait) and a query (query's rows served).
+    let other = serde_json::to_vec(&package("acme")).unwrap();
+    let refused = reqwest::Client::new()
+        .post(format!("{}/v1/packages", stack.base_url))
+        .header("content-type", "application/json")
+        .header("tallyhouse-key-id", key_id.as_str())
+        .header(
+            "tallyhouse-signature",
+            sign(&SigningKey::generate(), &other),
+        )
+        .body(other)
+        .send()
+        .await
+        .expect("the gateway answers");
+    // bad_signature, refused by ingest (the gateway maps it to 400 or 401).
+    assert!(refused.status().is_client_error(), "{}", refused.status());
+    let login = stack
+        .rpc
+        .call::<auth::Login>(&LoginRequest {
+            username: "nobody".into(),
+            password: Password("wrong".into()),
+            client_addr: None,
+            trace_id: None,
+        })
+        .await;
+    assert_eq!(login.unwrap_err().code, ErrorCode::InvalidCredentials);
+    let page = stack
+        .query_call::<ListPackages>(&ListPackagesRequest {
+            submitter_id: None,
+            from: None,
+            to: None,
+            limit: 10,
+            cursor: None,
+        })
+        .await
+        .expect("list packages");
+    assert_eq!(page.packages.len(), 1);
+
+    let mut exposed = BTreeSet::new();
+    for service in BINARIES {
+        let scrape = stack.scrape_metrics(service).await;
+        let names = exposed_names(&scrape);
+        assert!(
+            names.contains("tallyhouse_build_info")
+                && names.contains("tallyhouse_rpc_broker_links_up"),
+            "{service}: {scrape}"
+        );
+        exposed.extend(names);
+    }
+    for family in [
+        "tallyhouse_ingest_packages_total",
+        "tallyhouse_query_rows_served_total",
+        "tallyhouse_auth_logins_total",
+    ] {
+        assert!(exposed.contains(family), "{family} not in the scrapes");
+    }
+
+    // Families that only show once a rare event happened: registered in
+    // the source file named (checked), not necessarily in the scrape.
+    for (name, source) in RARE {
+        let stem = name
+            .strip_prefix("tallyhouse_")
+            .and_then(|n| n.strip_suffix("_total"))
+            .expect("a tallyhouse counter");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(source);
+        let code = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{source}: {e}"));
+        assert!(
+            code.contains(&format!("\"{stem}\"")),
+            "{source} registers no {stem}"
+        );
+    }
+    let missing: Vec<_> = used
+        .iter()
+        .filter(|(name, _)| {
+            !exposed.contains(name)
+                && !EXTERNAL.contains(&name.as_str())
+                && !RARE.iter().any(|(rare, _)| rare == name)
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "metric names used in grafana/ that no service exposes: {missing:#?}\nexposed: {exposed:#?}"
+    );
+    let used_names: BTreeSet<&str> = used.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        used_names.contains("tallyhouse_ingest_packages_total"),
+        "{used_names:?}"
+    );
+    stack.finish().await;
+}
