@@ -6,7 +6,10 @@
 #       amqp     -> RabbitMQ user 'tallyhouse' (new random password each run)
 #       database -> PostgreSQL role tallyhouse_<svc> (new random password each run)
 #                   and its database tallyhouse_<svc>, created if missing;
+#                   a service with "database_of": S (query: ingest) gets a
+#                   login for S's database instead, and no database of its own;
 #       s3       -> the s3s-fs key pair from .run/state/s3-credentials;
+#       receipt_key, jwt_key -> P-256 signing keys, generated once and kept;
 #   - one token per service with only its policy, in .run/state/tokens/<svc>.
 # Idempotent; re-run whenever OpenBao (in-memory dev mode) restarts.
 # Secrets travel through stdin, files and the environment, never argv or stdout.
@@ -24,6 +27,7 @@ TOKEN_TTL=""
 TOKEN_RENEWABLE=""
 SERVICES=()
 declare -A READS=()
+declare -A DB_OF=()
 
 load_config() {
     local key a b rest config
@@ -53,6 +57,11 @@ for svc, spec in doc["services"].items():
         if kind not in kinds:
             sys.exit(f"secrets.json: service {svc} reads unknown kind {kind!r}")
     print("svc", svc, " ".join(spec["reads"]))
+    if "database_of" in spec:
+        owner = doc["services"].get(spec["database_of"], {})
+        if "database" not in spec["reads"] or "database" not in owner.get("reads", []):
+            sys.exit(f"secrets.json: {svc}: database_of must name a service reading database, and {svc} must read it too")
+        print("dbof", svc, spec["database_of"])
 PY
     )" || die "invalid deployment/vault/secrets.json"
     while read -r key a b rest; do
@@ -66,6 +75,7 @@ PY
                 SERVICES+=("$a")
                 READS["$a"]="$b${rest:+ $rest}"
                 ;;
+            dbof) DB_OF["$a"]="$b" ;;
             *) die "unexpected config line '$key'" ;;
         esac
     done <<<"$config"
@@ -190,6 +200,14 @@ SELECT format('CREATE ROLE %I LOGIN', :'role')
  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \\gexec
 SELECT format('ALTER ROLE %I WITH LOGIN PASSWORD %L', :'role', :'pw') \\gexec
 SQL
+        if [[ -n "${DB_OF[$svc]:-}" ]]; then
+            # A login for another service's database (query reads ingest's);
+            # its grants come from that service's migrations (`ingest migrate
+            # --reader-role`). The secret names the database.
+            kv_put "$svc" database username "$role" password "$pw" \
+                database "$(service_db_name "${DB_OF[$svc]}")"
+            continue
+        fi
         ensure_service_database "$role" "$(service_db_name "$svc")"
         kv_put "$svc" database username "$role" password "$pw"
     done
@@ -247,6 +265,25 @@ provision_receipt_key() {
     done
 }
 
+# provision_jwt_key: the access token signing key of auth, generated once
+# like the receipt key (openssl, P-256, PKCS#8) and kept, so that tokens
+# issued before a re-provisioning stay valid. Pipes only, never argv.
+provision_jwt_key() {
+    local svc
+    any_reads jwt_key || return 0
+    for svc in "${SERVICES[@]}"; do
+        reads "$svc" jwt_key || continue
+        if root_api GET "$KV_MOUNT/data/$PREFIX/$svc/jwt_key" >/dev/null 2>&1; then
+            continue
+        fi
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 2>/dev/null |
+            th_python -c 'import json, sys; print(json.dumps({"data": {"private_key_pem": sys.stdin.read()}}))' |
+            root_api POST "$KV_MOUNT/data/$PREFIX/$svc/jwt_key" --data-binary @- >/dev/null ||
+            die "cannot write secret $PREFIX/$svc/jwt_key"
+        info "generated the token signing key of $svc"
+    done
+}
+
 create_tokens() {
     local svc kind path caps
     for svc in "${SERVICES[@]}"; do
@@ -285,6 +322,7 @@ main() {
     provision_database
     provision_s3
     provision_receipt_key
+    provision_jwt_key
     create_tokens
     if daemon_running openbao; then
         cp "$(pid_file openbao)" "$TH_STATE/provisioned-instance"

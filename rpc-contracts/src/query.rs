@@ -136,7 +136,8 @@ pub struct ReadRawRequest {
     pub submitter_id: SubmitterId,
     /// The package.
     pub package_id: Uuid,
-    /// Where to start, in bytes.
+    /// Where to start, in bytes: at most the package's size (at the size,
+    /// the chunk is empty); past it is `bad_request`.
     pub offset: u64,
     /// At most this many bytes (1 to [`MAX_RAW_CHUNK`]).
     pub max_len: u32,
@@ -145,7 +146,7 @@ pub struct ReadRawRequest {
 /// Response of [`ReadRaw`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RawChunk {
-    /// The bytes from `offset`.
+    /// The bytes from `offset`: `max_len` of them, fewer only at the end.
     pub bytes: Bytes,
     /// The size of the whole package.
     pub total_size: u64,
@@ -248,7 +249,10 @@ pub struct SeriesPoint {
 pub struct SeriesPage {
     /// In bucket order.
     pub points: Vec<SeriesPoint>,
-    /// Pass as `after` for the next page; `None` at the end.
+    /// Pass as `after` for the next page; `None` at the end. A page covers
+    /// at most `limit` buckets of time from the first matching record after
+    /// `after`, and empty buckets are left out: a page may hold fewer than
+    /// `limit` points and still have a next page (only `None` ends it).
     #[serde(with = "time::serde::rfc3339::option")]
     pub next_cursor: Option<OffsetDateTime>,
 }

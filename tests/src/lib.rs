@@ -6,14 +6,23 @@ pub mod stack;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-/// Path of a binary built from this workspace (`cargo test --workspace` and
-/// the test command build them all into the same target directory).
+/// Path of a binary built from this workspace into the same target
+/// directory and profile as the running executable (`cargo test --workspace`
+/// and the test command build them all; the benchmark builds the services
+/// it runs).
 pub fn workspace_bin(name: &str) -> PathBuf {
-    // target/<profile>/deps/suite-<hash> → target/<profile>/<name>
-    let exe = std::env::current_exe().expect("current test executable");
+    // target/<profile>/deps/suite-<hash> → target/<profile>/<name>, and
+    // target/<profile>/bench → target/<profile>/<name>.
+    let exe = std::env::current_exe().expect("current executable");
     let dir = exe
         .parent()
-        .and_then(|deps| deps.parent())
+        .and_then(|dir| {
+            if dir.file_name().is_some_and(|n| n == "deps") {
+                dir.parent()
+            } else {
+                Some(dir)
+            }
+        })
         .expect("target/<profile> directory");
     let path = dir.join(name);
     assert!(

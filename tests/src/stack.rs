@@ -1,4 +1,4 @@
-//! A whole platform per test: registry, ingest and gateway as real
+//! A whole platform per test: registry, ingest, query and gateway as real
 //! processes, each with its own namespace, databases, bucket and Vault
 //! prefix, on the servers the test command started.
 
@@ -7,14 +7,22 @@ use evidence::SigningKey;
 use platform::rpc::{RpcClient, RpcMetrics};
 use platform::s3::{EvidenceStore, S3Args, S3Credentials};
 use platform::testing::{
-    amqp_uri, database_login, delete_topology, drop_test_database, put_secret, query_json,
-    rpc_config, service_test_database, test_database, unique_topology,
+    amqp_uri, database_login, delete_topology, drop_test_database, drop_test_database_on,
+    prepare_citus, put_secret, query_json, rpc_config, service_test_database, test_database_on,
+    unique_topology,
 };
 use rpc_contracts::registry::{self, AddKeyRequest, AddSubmitterRequest};
-use rpc_contracts::{KeyId, SubmitterId, Topology, ingest};
+use rpc_contracts::{Call, KeyId, RpcError, SubmitterId, Topology, auth, ingest, query};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// The workspace binaries [`Stack::start`] runs (each a package of the
+/// same name), for callers that build or check them first (the `ingest`
+/// benchmark): a missing one panics half-way through the start.
+pub const BINARIES: [&str; 5] = ["registry", "auth", "ingest", "query", "gateway"];
 
 /// Knobs of a test platform.
 #[derive(Debug, Clone)]
@@ -23,6 +31,17 @@ pub struct StackOptions {
     pub max_package_bytes: usize,
     /// The S3 endpoint ingest uses (a dead port simulates storage down).
     pub s3_endpoint: Option<String>,
+    /// More environment for `ingest serve`, applied last (so it overrides
+    /// the stack's own, e.g. `TALLYHOUSE_KEY_CACHE_TTL_MS`, 0 here).
+    pub ingest_env: Vec<(&'static str, String)>,
+    /// Where the services' output goes: `<dir>/<service>.log`, truncated at
+    /// start. `None`: inherited (shown with a failing test's output).
+    pub log_dir: Option<PathBuf>,
+    /// Superuser URL of the PostgreSQL server that holds ingest's database
+    /// (`None`: the test command's, `TALLYHOUSE_TEST_DATABASE_URL`). When
+    /// that server preloads Citus, the database is made a single-node Citus
+    /// database before `ingest migrate` (see `platform::testing::prepare_citus`).
+    pub ingest_database_server: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -30,8 +49,23 @@ impl Default for StackOptions {
         Self {
             max_package_bytes: 16 * 1024 * 1024,
             s3_endpoint: None,
+            ingest_env: Vec::new(),
+            log_dir: None,
+            ingest_database_server: None,
         }
     }
+}
+
+/// `cmd` with its output sent to `<dir>/<name>.log` when `dir` is given.
+fn with_log(mut cmd: Command, dir: Option<&PathBuf>, name: &str) -> Command {
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).expect("create the log folder");
+        let file =
+            std::fs::File::create(dir.join(format!("{name}.log"))).expect("create a log file");
+        cmd.stderr(file.try_clone().expect("clone a log file handle"));
+        cmd.stdout(file);
+    }
+    cmd
 }
 
 /// The S3 server of the test command.
@@ -55,10 +89,19 @@ pub struct Stack {
     pub base_url: String,
     pub rpc: RpcClient,
     pub ingest_db_url: String,
+    /// The auth service's database (superuser URL), to read its rows.
+    pub auth_db_url: String,
     pub bucket: String,
     pub evidence: EvidenceStore,
+    /// Each service's metrics (ops) address, by service name.
+    metrics: Vec<(&'static str, SocketAddr)>,
     databases: Vec<String>,
+    ingest_server: String,
+    ingest_db: String,
+    citus: bool,
     role: String,
+    /// The query service's read-only role and its password.
+    reader: (String, String),
     processes: Vec<ChildProcess>,
 }
 
@@ -88,8 +131,9 @@ pub async fn try_execute(url: &str, sql: &str) -> Result<(), String> {
 }
 
 impl Stack {
-    /// Starts registry, ingest (after `ingest migrate`) and gateway, and
-    /// waits until the gateway reaches both.
+    /// Starts registry, auth, ingest (after `ingest migrate`), query and
+    /// gateway, and waits until the gateway reaches registry and ingest and
+    /// query and auth answer their pings.
     pub async fn start(options: StackOptions) -> Self {
         let topology = unique_topology("stack");
         let ns = topology.namespace().to_owned();
@@ -97,7 +141,13 @@ impl Stack {
         // series with its own service role (SELECT and INSERT only, granted
         // by `ingest migrate`).
         let (registry_db, _, registry_env) = service_test_database(&ns, "registry").await;
-        let (ingest_db, ingest_url) = test_database().await;
+        let (auth_db, auth_db_url, auth_env) = service_test_database(&ns, "auth").await;
+        let ingest_server = options
+            .ingest_database_server
+            .clone()
+            .unwrap_or_else(platform::testing::database_admin_url);
+        let (ingest_db, ingest_url) = test_database_on(&ingest_server).await;
+        let citus = prepare_citus(&ingest_url).await;
         let role = format!(
             "t_ingest_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..10]
@@ -106,6 +156,18 @@ impl Stack {
         execute(
             &ingest_url,
             &format!("CREATE ROLE {role} LOGIN PASSWORD '{role_password}'"),
+        )
+        .await;
+        // The query service reads it with its own role (SELECT only,
+        // granted by `ingest migrate --reader-role`).
+        let reader = format!(
+            "t_query_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        );
+        let reader_password = uuid::Uuid::new_v4().simple().to_string();
+        execute(
+            &ingest_url,
+            &format!("CREATE ROLE {reader} LOGIN PASSWORD '{reader_password}'"),
         )
         .await;
         let (pg_host, pg_port, _, _) = database_login(&ingest_url);
@@ -138,6 +200,44 @@ impl Stack {
             ],
         )
         .await;
+        put_secret(
+            &ns,
+            "query",
+            "amqp",
+            &[("username", "guest"), ("password", "guest")],
+        )
+        .await;
+        put_secret(
+            &ns,
+            "query",
+            "database",
+            &[
+                ("username", &reader),
+                ("password", &reader_password),
+                ("database", &ingest_db),
+            ],
+        )
+        .await;
+        put_secret(
+            &ns,
+            "query",
+            "s3",
+            &[
+                ("access_key_id", &s3_key),
+                ("secret_access_key", &s3_secret),
+            ],
+        )
+        .await;
+        // Auth: its broker login and its token signing key.
+        put_secret(
+            &ns,
+            "auth",
+            "amqp",
+            &[("username", "guest"), ("password", "guest")],
+        )
+        .await;
+        let jwt_key = SigningKey::generate().to_pkcs8_pem();
+        put_secret(&ns, "auth", "jwt_key", &[("private_key_pem", &jwt_key)]).await;
         let receipt_key = SigningKey::generate().to_pkcs8_pem();
         put_secret(
             &ns,
@@ -148,6 +248,20 @@ impl Stack {
         .await;
 
         let mut processes = Vec::new();
+        let metrics: Vec<(&'static str, SocketAddr)> =
+            ["registry", "ingest", "gateway", "query", "auth"]
+                .into_iter()
+                .map(|name| (name, SocketAddr::from(([127, 0, 0, 1], free_port()))))
+                .collect();
+        let metrics_env = |name: &str| {
+            let addr = metrics
+                .iter()
+                .find(|(n, _)| *n == name)
+                .expect("a metrics port")
+                .1;
+            ("TALLYHOUSE_METRICS_ADDR", addr.to_string())
+        };
+        let logs = options.log_dir.as_ref();
         let db_env = |name: &str| {
             vec![
                 ("TALLYHOUSE_DATABASE_HOST", pg_host.clone()),
@@ -155,20 +269,40 @@ impl Stack {
                 ("TALLYHOUSE_DATABASE_NAME", name.to_owned()),
             ]
         };
+        let mut registry_env = registry_env;
+        registry_env.push(metrics_env("registry"));
         processes.push(
             ChildProcess::spawn(
                 "registry",
-                &mut service_command("registry", &ns, &registry_env),
+                &mut with_log(
+                    service_command("registry", &ns, &registry_env),
+                    logs,
+                    "registry",
+                ),
             )
             .expect("spawn registry"),
         );
-        let migrate = Command::new(workspace_bin("ingest"))
-            .arg("migrate")
-            .env_clear()
-            .env("TALLYHOUSE_ADMIN_DATABASE_URL", &ingest_url)
-            .env("TALLYHOUSE_SERVICE_ROLE", &role)
-            .status()
-            .expect("run ingest migrate");
+        let mut auth_env = auth_env;
+        auth_env.push(metrics_env("auth"));
+        processes.push(
+            ChildProcess::spawn(
+                "auth",
+                &mut with_log(service_command("auth", &ns, &auth_env), logs, "auth"),
+            )
+            .expect("spawn auth"),
+        );
+        let migrate = with_log(
+            Command::new(workspace_bin("ingest")),
+            logs,
+            "ingest-migrate",
+        )
+        .arg("migrate")
+        .env_clear()
+        .env("TALLYHOUSE_ADMIN_DATABASE_URL", &ingest_url)
+        .env("TALLYHOUSE_SERVICE_ROLE", &role)
+        .env("TALLYHOUSE_READER_ROLE", &reader)
+        .status()
+        .expect("run ingest migrate");
         assert!(migrate.success(), "ingest migrate failed");
         let mut ingest_env = db_env(&ingest_db);
         ingest_env.push((
@@ -178,23 +312,41 @@ impl Stack {
         ingest_env.push(("TALLYHOUSE_S3_BUCKET", bucket.clone()));
         ingest_env.push(("TALLYHOUSE_S3_TIMEOUT_MS", "5000".into()));
         ingest_env.push(("TALLYHOUSE_KEY_CACHE_TTL_MS", "0".into()));
-        let mut ingest_cmd = service_command("ingest", &ns, &ingest_env);
+        ingest_env.push(metrics_env("ingest"));
+        ingest_env.extend(options.ingest_env.iter().cloned());
+        let mut ingest_cmd = with_log(service_command("ingest", &ns, &ingest_env), logs, "ingest");
         ingest_cmd.arg("serve");
         processes.push(ChildProcess::spawn("ingest", &mut ingest_cmd).expect("spawn ingest"));
+        let mut query_env = db_env(&ingest_db);
+        query_env.push(("TALLYHOUSE_S3_ENDPOINT", s3_endpoint.clone()));
+        query_env.push(("TALLYHOUSE_S3_BUCKET", bucket.clone()));
+        query_env.push(metrics_env("query"));
+        processes.push(
+            ChildProcess::spawn(
+                "query",
+                &mut with_log(service_command("query", &ns, &query_env), logs, "query"),
+            )
+            .expect("spawn query"),
+        );
         let port = free_port();
         processes.push(
             ChildProcess::spawn(
                 "gateway",
-                &mut service_command(
+                &mut with_log(
+                    service_command(
+                        "gateway",
+                        &ns,
+                        &[
+                            ("TALLYHOUSE_HTTP_ADDR", format!("127.0.0.1:{port}")),
+                            (
+                                "TALLYHOUSE_MAX_PACKAGE_BYTES",
+                                options.max_package_bytes.to_string(),
+                            ),
+                            metrics_env("gateway"),
+                        ],
+                    ),
+                    logs,
                     "gateway",
-                    &ns,
-                    &[
-                        ("TALLYHOUSE_HTTP_ADDR", format!("127.0.0.1:{port}")),
-                        (
-                            "TALLYHOUSE_MAX_PACKAGE_BYTES",
-                            options.max_package_bytes.to_string(),
-                        ),
-                    ],
                 ),
             )
             .expect("spawn gateway"),
@@ -221,10 +373,16 @@ impl Stack {
             base_url: format!("http://127.0.0.1:{port}"),
             rpc,
             ingest_db_url: ingest_url,
+            auth_db_url,
             bucket,
             evidence,
-            databases: vec![registry_db, ingest_db],
+            metrics,
+            databases: vec![registry_db, auth_db],
+            ingest_server,
+            ingest_db,
+            citus,
             role,
+            reader: (reader, reader_password),
             processes,
         };
         let mut stack = stack;
@@ -241,7 +399,21 @@ impl Stack {
             let ok = |r: &Result<reqwest::Response, reqwest::Error>| {
                 r.as_ref().is_ok_and(|r| r.status() == 200)
             };
-            if ok(&ping) && ok(&keys) {
+            let query = self
+                .rpc
+                .call_with::<query::Ping>(
+                    &registry::PingRequest {},
+                    platform::rpc::CallOptions::timeout(Duration::from_secs(2)),
+                )
+                .await;
+            let auth = self
+                .rpc
+                .call_with::<auth::Ping>(
+                    &registry::PingRequest {},
+                    platform::rpc::CallOptions::timeout(Duration::from_secs(2)),
+                )
+                .await;
+            if ok(&ping) && ok(&keys) && query.is_ok() && auth.is_ok() {
                 return;
             }
             for p in &mut self.processes {
@@ -299,14 +471,111 @@ impl Stack {
         query_json(&self.ingest_db_url, sql).await
     }
 
+    /// Whether ingest's database is a Citus database (its server preloads
+    /// Citus), so `ingest migrate` distributed the tables.
+    pub fn citus(&self) -> bool {
+        self.citus
+    }
+
     /// The role ingest connects as.
     pub fn service_role(&self) -> &str {
         &self.role
     }
 
+    /// Calls the query service over RPC.
+    pub async fn query_call<C: Call>(&self, request: &C::Request) -> Result<C::Response, RpcError> {
+        assert_eq!(
+            C::SERVICE,
+            query::QUEUE,
+            "{} is not a query call",
+            C::METHOD
+        );
+        self.rpc.call::<C>(request).await
+    }
+
+    /// The query service's read-only role.
+    pub fn reader_role(&self) -> &str {
+        &self.reader.0
+    }
+
+    /// A URL of ingest's database logged in as the query service's role.
+    pub fn reader_db_url(&self) -> String {
+        let (host, port, _, _) = database_login(&self.ingest_db_url);
+        format!(
+            "postgres://{}:{}@{host}:{port}/{}",
+            self.reader.0, self.reader.1, self.ingest_db
+        )
+    }
+
     /// Object keys in the test's bucket.
     pub async fn blobs(&self) -> Vec<String> {
         self.evidence.list_keys("").await.unwrap_or_default()
+    }
+
+    /// The metrics (ops) address of service `name` (`registry`, `ingest`,
+    /// `gateway`).
+    pub fn metrics_addr(&self, name: &str) -> SocketAddr {
+        self.metrics
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, addr)| *addr)
+            .expect("no such service")
+    }
+
+    /// What service `name` serves on `/metrics` now (Prometheus text).
+    pub async fn scrape_metrics(&self, name: &str) -> String {
+        let url = format!("http://{}/metrics", self.metrics_addr(name));
+        let resp = reqwest::get(&url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
+        resp.text().await.expect("a metrics body")
+    }
+
+    /// Deletes every object in the stack's bucket, then the bucket (ingest
+    /// creates it; [`Stack::finish`] leaves it). Returns the objects deleted.
+    pub async fn remove_bucket(&self) -> Result<usize, String> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        let keys = self
+            .evidence
+            .list_keys("")
+            .await
+            .map_err(|e| e.to_string())?;
+        let client = self.evidence.client();
+        for chunk in keys.chunks(1000) {
+            let objects = chunk
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| e.to_string())?;
+            client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(e).to_string())?;
+        }
+        match client.delete_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(keys.len()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.meta().code() == Some("NoSuchBucket")) =>
+            {
+                Ok(keys.len())
+            }
+            Err(e) => Err(aws_sdk_s3::error::DisplayErrorContext(e).to_string()),
+        }
+    }
+
+    /// The names of the service processes it runs (`registry`, `ingest`...).
+    pub fn process_names(&self) -> Vec<String> {
+        self.processes.iter().map(|p| p.name().to_owned()).collect()
     }
 
     /// The service process named `name`, to kill or inspect.
@@ -326,15 +595,21 @@ impl Stack {
         delete_topology(
             &amqp_uri(),
             &self.topology,
-            &[registry::QUEUE, ingest::QUEUE],
+            &[registry::QUEUE, ingest::QUEUE, query::QUEUE, auth::QUEUE],
         )
         .await;
         for db in &self.databases {
             drop_test_database(db).await;
         }
+        drop_test_database_on(&self.ingest_server, &self.ingest_db).await;
         execute(
-            &platform::testing::database_admin_url(),
+            &self.ingest_server,
             &format!("DROP ROLE IF EXISTS {}", self.role),
+        )
+        .await;
+        execute(
+            &self.ingest_server,
+            &format!("DROP ROLE IF EXISTS {}", self.reader.0),
         )
         .await;
     }

@@ -2,7 +2,14 @@
 //! builds its own isolated world (namespace, queues, processes) on the real
 //! servers, so tests run in parallel.
 
+mod auth;
+mod backoffice;
+mod citus;
+mod cli;
 mod gateway;
+mod grafana;
 mod ingest;
+mod loki;
+mod query;
 mod registry;
 mod rpc;

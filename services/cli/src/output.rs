@@ -37,6 +37,33 @@ impl Output {
         let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     }
 
+    /// Prints one line of compact JSON on stdout (JSON Lines, for
+    /// commands that report item by item).
+    pub fn json_line<T: Serialize>(&self, value: &T) {
+        match serde_json::to_string(value) {
+            Ok(line) => self.text(&line),
+            Err(e) => eprintln!("tallyhouse: error: cannot encode the result as JSON: {e}"),
+        }
+    }
+
+    /// Prints `text` on stdout, ending it with a newline if it has none.
+    pub fn text(&self, text: &str) {
+        let mut text = text.to_owned();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    }
+
+    /// A remark for people on stderr (what was written where); nothing
+    /// with `--json`, whose result already says it all.
+    pub fn note(&self, text: &str) {
+        if !self.json {
+            eprintln!("{text}");
+        }
+    }
+
     /// Reports a failure on stderr: the RPC error as JSON with `--json`
     /// (`{"error": {"code", "message", "retryable"}}`), else one line.
     pub fn error(&self, err: &CliError) {

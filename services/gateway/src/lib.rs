@@ -2,9 +2,18 @@
 //! state and no payload: each request becomes an RPC call to the service
 //! that owns it, and the reply (or its typed error) becomes the response.
 
+// Handlers return `Result<_, Response>` / `Result<_, Problem>`: the error is
+// the answer itself, built once per failed request, so its size is no cost.
+#![allow(clippy::result_large_err)]
+
+mod access;
+mod admin;
+mod backoffice;
 mod packages;
+mod params;
 mod problem;
 mod routes;
+pub mod token;
 
 use platform::config::CommonArgs;
 use platform::rpc::RpcClient;
@@ -31,6 +40,34 @@ pub struct GatewayArgs {
     #[arg(long, env = "TALLYHOUSE_MAX_INFLIGHT_PACKAGES", default_value_t = 64)]
     pub max_inflight_packages: usize,
 
+    /// `iss` required of access tokens.
+    #[arg(long, env = "TALLYHOUSE_TOKEN_ISSUER", default_value = rpc_contracts::auth::DEFAULT_TOKEN_ISSUER)]
+    pub token_issuer: String,
+
+    /// `aud` required of access tokens.
+    #[arg(long, env = "TALLYHOUSE_TOKEN_AUDIENCE", default_value = rpc_contracts::auth::DEFAULT_TOKEN_AUDIENCE)]
+    pub token_audience: String,
+
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds (at most 60).
+    #[arg(long, env = "TALLYHOUSE_TOKEN_LEEWAY_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=60))]
+    pub token_leeway_secs: u64,
+
+    /// How long the auth service's answer on a token's revocation is cached,
+    /// in milliseconds: a revoked token stops working within this time.
+    #[arg(long, env = "TALLYHOUSE_TOKEN_STATUS_CACHE_MS", default_value_t = 2000)]
+    pub token_status_cache_ms: u64,
+
+    /// How often the token verification keys are fetched again from the
+    /// auth service, in seconds.
+    #[arg(long, env = "TALLYHOUSE_TOKEN_KEYS_REFRESH_SECS", default_value_t = 60)]
+    pub token_keys_refresh_secs: u64,
+
+    /// Header in which a trusted reverse proxy appends the client's address
+    /// (e.g. `x-forwarded-for` behind Fabio); unset, the TCP peer is used.
+    #[arg(long, env = "TALLYHOUSE_CLIENT_ADDR_HEADER")]
+    pub client_addr_header: Option<axum::http::HeaderName>,
+
     /// Flags shared by every service.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -43,6 +80,7 @@ pub(crate) struct AppState {
     pub(crate) rpc: RpcClient,
     pub(crate) max_package_bytes: usize,
     pub(crate) upload_slots: std::sync::Arc<tokio::sync::Semaphore>,
+    pub(crate) access: access::Access,
 }
 
 /// A built gateway, bound to its ports.
@@ -81,7 +119,26 @@ impl Application {
 
     /// Serves until SIGINT or SIGTERM, then finishes in-flight requests.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let verifier = token::TokenVerifier::new(
+            token::TokenKeys::default(),
+            &self.args.token_issuer,
+            &self.args.token_audience,
+            self.args.token_leeway_secs,
+        );
+        let access = access::Access::new(
+            verifier,
+            Duration::from_millis(self.args.token_status_cache_ms),
+            self.args.client_addr_header.clone(),
+        );
+        let refresh = Duration::from_secs(self.args.token_keys_refresh_secs.max(5));
+        tokio::spawn(refresh_token_keys(
+            self.rpc.clone(),
+            access.clone(),
+            refresh,
+            self.svc.stop.clone(),
+        ));
         let state = AppState {
+            access,
             rpc: self.rpc.clone(),
             max_package_bytes: self.args.max_package_bytes,
             upload_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
@@ -92,10 +149,40 @@ impl Application {
         tracing::info!(addr = %self.addr, "public HTTP API listening");
         self.svc.ready.set(true);
         let stop = self.svc.stop.clone();
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await?;
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
         self.rpc.close().await;
         Ok(())
+    }
+}
+
+/// Keeps the token verification keys fresh: fetched from the auth service
+/// at start (every 2 s until it answers) and every `every` after. A request
+/// with an unknown `kid` may also prompt a fetch (see
+/// `Access::refresh_keys`).
+async fn refresh_token_keys(
+    rpc: RpcClient,
+    access: access::Access,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut loaded = false;
+    loop {
+        if access.refresh_keys(&rpc).await {
+            loaded = true;
+        }
+        let wait = if loaded {
+            every
+        } else {
+            Duration::from_secs(2)
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
     }
 }

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
 use platform::rpc::CallOptions;
+use rpc_contracts::auth;
 use rpc_contracts::ingest::{self, ReceiptKeysRequest, SubmitPackageRequest};
 use rpc_contracts::{Bytes, ErrorCode, RpcError};
 use serde::Serialize;
@@ -151,7 +152,9 @@ fn too_large(limit: usize, trace: &TraceId) -> Response {
     )
 }
 
-/// `GET /v1/keys`: the platform's public keys as a JWKS.
+/// `GET /v1/keys`: the platform's public keys as one JWKS: the receipt keys
+/// (ingest) and the access-token keys (auth), each with its `kid`, `alg` and
+/// `use`, so any JOSE library can verify receipts and tokens.
 pub(crate) async fn keys(
     State(state): State<AppState>,
     Extension(trace): Extension<TraceId>,
@@ -160,13 +163,20 @@ pub(crate) async fn keys(
         trace_id: Some(trace.0.clone()),
         ..Default::default()
     };
-    match state
-        .rpc
-        .call_with::<ingest::ReceiptKeys>(&ReceiptKeysRequest {}, options)
-        .await
-    {
-        Ok(jwks) => ([(header::CACHE_CONTROL, "public, max-age=300")], Json(jwks)).into_response(),
-        Err(e) => Problem::from_rpc(&e, &trace.0).into_response(),
+    let (receipts, tokens) = tokio::join!(
+        state
+            .rpc
+            .call_with::<ingest::ReceiptKeys>(&ReceiptKeysRequest {}, options.clone()),
+        state
+            .rpc
+            .call_with::<auth::TokenKeys>(&auth::TokenKeysRequest {}, options),
+    );
+    match (receipts, tokens) {
+        (Ok(mut jwks), Ok(tokens)) => {
+            jwks.keys.extend(tokens.keys);
+            ([(header::CACHE_CONTROL, "public, max-age=300")], Json(jwks)).into_response()
+        }
+        (Err(e), _) | (_, Err(e)) => Problem::from_rpc(&e, &trace.0).into_response(),
     }
 }
 

@@ -15,6 +15,9 @@ pub(crate) struct Problem {
     status: u16,
     detail: String,
     code: &'static str,
+    /// The query parameter or body field at fault, for `bad_request`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
     trace_id: String,
     #[serde(skip)]
     retry_after_secs: Option<u32>,
@@ -47,6 +50,13 @@ pub(crate) fn status_of(code: ErrorCode) -> (StatusCode, &'static str, Option<u3
         ErrorCode::NotFound => (StatusCode::NOT_FOUND, "Not found", None),
         ErrorCode::Conflict => (StatusCode::CONFLICT, "Conflict", None),
         ErrorCode::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized", None),
+        ErrorCode::InvalidToken => (StatusCode::UNAUTHORIZED, "Invalid token", None),
+        ErrorCode::InvalidCredentials => (StatusCode::UNAUTHORIZED, "Login failed", None),
+        ErrorCode::LoginThrottled => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed logins",
+            Some(1),
+        ),
         ErrorCode::Forbidden => (StatusCode::FORBIDDEN, "Forbidden", None),
         ErrorCode::Unavailable | ErrorCode::Disconnected | ErrorCode::NoRoute => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -85,9 +95,29 @@ impl Problem {
             status: status.as_u16(),
             detail,
             code: error.code.as_str(),
+            field: None,
             trace_id: trace_id.to_owned(),
             retry_after_secs,
         }
+    }
+
+    /// A `bad_request` about one query parameter or body field.
+    pub(crate) fn invalid_param(field: &str, message: impl Into<String>, trace_id: &str) -> Self {
+        let mut p = Self::from_rpc(&RpcError::new(ErrorCode::BadRequest, message), trace_id);
+        p.field = Some(field.chars().take(64).collect());
+        p
+    }
+
+    /// The field at fault, if any.
+    #[cfg(test)]
+    pub(crate) fn field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+
+    /// Overrides the `Retry-After` seconds.
+    pub(crate) fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after_secs = Some(secs.max(1));
+        self
     }
 }
 

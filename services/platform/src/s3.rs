@@ -188,6 +188,62 @@ impl EvidenceStore {
         }
     }
 
+    /// Reads at most `len` bytes of a blob from `offset` with one ranged GET
+    /// (`Range: bytes=offset-(offset+len-1)`), or `None` when the object does
+    /// not exist. Fewer bytes come back when the blob ends first, none when
+    /// `offset` is at or past its end. A server that ignores the range and
+    /// sends the whole object is cut down to the range here.
+    pub async fn get_blob_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<u8>>, RpcError> {
+        if len == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        let last = offset.saturating_add(len - 1);
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={offset}-{last}"))
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let ranged = out.content_range().is_some();
+                let bytes = out
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| unavailable("get body", e))?
+                    .into_bytes();
+                let bytes = if ranged {
+                    bytes.to_vec()
+                } else {
+                    // The whole object came back.
+                    let start = usize::try_from(offset)
+                        .unwrap_or(usize::MAX)
+                        .min(bytes.len());
+                    let end = usize::try_from(len)
+                        .map_or(bytes.len(), |l| start.saturating_add(l))
+                        .min(bytes.len());
+                    bytes[start..end].to_vec()
+                };
+                Ok(Some(bytes))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            // 416: the range starts at or past the end of the object.
+            Err(e) if e.code() == Some("InvalidRange") => Ok(Some(Vec::new())),
+            Err(e) => Err(unavailable(
+                "ranged get",
+                aws_sdk_s3::error::DisplayErrorContext(e),
+            )),
+        }
+    }
+
     /// Lists every object key under `prefix` (tests, cleanup).
     pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, RpcError> {
         let mut keys = Vec::new();
