@@ -9,8 +9,8 @@ use evidence::SigningKey;
 use evidence::generate::{PackageSpec, generate_package};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
+use rpc_contracts::SubmitterId;
 use rpc_contracts::auth::{self, AccessClaims, Password, Role};
-use rpc_contracts::{KeyId, SubmitterId};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tests::stack::{Stack, StackOptions};
@@ -160,13 +160,15 @@ async fn login_gives_a_day_long_es256_token_that_logout_revokes() {
     assert_eq!(body["code"], "invalid_token");
 
     // A wrong password and an unknown user get the same answer.
+    let mut details = Vec::new();
     for (user, password) in [("alice", "wrong password here"), ("nobody", PASSWORD)] {
         let resp = login(&stack, user, password).await;
         assert_eq!(resp.status(), 401);
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["code"], "invalid_credentials");
-        assert_eq!(body["detail"], json!(body["detail"].as_str().unwrap()));
+        details.push(body["detail"].as_str().unwrap().to_owned());
     }
+    assert_eq!(details[0], details[1]);
     stack.finish().await;
 }
 
@@ -701,7 +703,6 @@ async fn evidence_reads_reverify_offline_and_are_audited_with_rows_and_bytes() {
             .iter()
             .all(|e| e["record"]["outcome"] == "success")
     );
-    let _ = KeyId::parse(key_id.to_string()).unwrap();
     stack.finish().await;
 }
 
