@@ -208,6 +208,31 @@ impl PublicKey {
             .map_err(|_| SignatureError::Mismatch)
     }
 
+    /// Verifies like [`PublicKey::verify`] and returns the SHA-256 of
+    /// `body`, reading it once: the digest is computed here and the signature
+    /// checked against it, so a caller that also needs the body's hash (as
+    /// its identity) does not hash it a second time.
+    pub fn verify_and_hash(
+        &self,
+        body: &[u8],
+        signature_der: &[u8],
+    ) -> Result<[u8; 32], SignatureError> {
+        if signature_der.len() < 8
+            || signature_der.len() > MAX_DER_SIGNATURE_BYTES
+            || signature_der[0] != 0x30
+        {
+            return Err(SignatureError::MalformedSignature);
+        }
+        let digest = digest::digest(&digest::SHA256, body);
+        self.verifier
+            .verify_digest_sig(&digest, signature_der)
+            .map_err(|_| SignatureError::Mismatch)?;
+        Ok(digest
+            .as_ref()
+            .try_into()
+            .expect("a SHA-256 digest is 32 bytes"))
+    }
+
     fn p256(&self) -> p256::PublicKey {
         // The point was validated on construction.
         p256::PublicKey::from_sec1_bytes(&self.point).expect("validated on construction")
@@ -635,6 +660,29 @@ mod tests {
         let body = std::fs::read(format!("{TESTDATA}/package.json")).unwrap();
         let signature = decode_signature_header(&testdata("package.json.sig.b64")).unwrap();
         submitter_public().verify(&body, &signature).unwrap();
+    }
+
+    #[test]
+    fn verify_and_hash_agrees_with_verify_and_returns_the_body_hash() {
+        let body = std::fs::read(format!("{TESTDATA}/package.json")).unwrap();
+        let signature = decode_signature_header(&testdata("package.json.sig.b64")).unwrap();
+        let key = submitter_public();
+        assert_eq!(key.verify_and_hash(&body, &signature), Ok(sha256(&body)));
+        let mut flipped = body.clone();
+        flipped[10] ^= 0x01;
+        assert_eq!(
+            key.verify_and_hash(&flipped, &signature),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            key.verify_and_hash(&body, b"\x30\x01"),
+            Err(SignatureError::MalformedSignature)
+        );
+        let other = SigningKey::generate().sign(&body);
+        assert_eq!(
+            key.verify_and_hash(&body, &other),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]

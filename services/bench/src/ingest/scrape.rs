@@ -5,11 +5,10 @@
 use std::collections::HashMap;
 
 /// The stages of `tallyhouse_ingest_stage_seconds`, in pipeline order.
-pub const STAGES: [&str; 9] = [
+pub const STAGES: [&str; 8] = [
     "key_lookup",
     "verify_queue",
     "verify",
-    "hash",
     "parse",
     "dedupe",
     "receipt_sign",
@@ -19,7 +18,9 @@ pub const STAGES: [&str; 9] = [
 
 /// The stages that are also timed in CPU time
 /// (`tallyhouse_ingest_stage_cpu_seconds_total`).
-pub const CPU_STAGES: [&str; 4] = ["verify", "hash", "parse", "receipt_sign"];
+/// (`verify` includes the body's SHA-256, computed once and kept as its
+/// identity: there is no separate `hash` stage.)
+pub const CPU_STAGES: [&str; 3] = ["verify", "parse", "receipt_sign"];
 
 /// One scrape: each sample's value by its series (`name{labels}` as
 /// exposed).
