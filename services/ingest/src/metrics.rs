@@ -8,9 +8,9 @@
 //!   * `key_lookup`: the signing key from the cache or the registry;
 //!   * `verify_queue`: waiting for a verification slot and a blocking thread
 //!     (verification runs at most `--verify-concurrency` at once);
-//!   * `verify`: the ECDSA P-256 verification over the exact body (SHA-256
-//!     of the body included), the call itself and nothing else;
-//!   * `hash`: the SHA-256 of the body kept as its identity;
+//!   * `verify`: the ECDSA P-256 verification over the exact body, SHA-256
+//!     of the body included (that digest is also the body's identity: the
+//!     body is hashed once), the call itself and nothing else;
 //!   * `parse`: parsing and validating the body;
 //!   * `dedupe`: looking up an earlier package with the same id;
 //!   * `receipt_sign`: signing the receipt;
@@ -19,7 +19,7 @@
 //!     (binary COPY) in one transaction, commit included.
 //! * `tallyhouse_ingest_stage_cpu_seconds_total{stage}` (counter): CPU time
 //!   of the thread running the stages that are pure computation on a
-//!   thread of their own (`verify`, `hash`, `parse`, `receipt_sign`).
+//!   thread of their own (`verify`, `parse`, `receipt_sign`).
 //!   Divided by the number of calls it is the CPU cost of the stage, which,
 //!   unlike wall time, does not grow when other processes share the cores.
 //! * `tallyhouse_ingest_packages_total{outcome, code}` (counter): finished
@@ -31,15 +31,31 @@
 //!   duplicate.
 //! * `tallyhouse_ingest_records_total` (counter): records of stored packages.
 //! * `tallyhouse_ingest_bytes_total` (counter): body bytes of stored packages.
+//!
+//! Per submitter, for the per-submitter dashboard and the silent-submitter
+//! alert. `submitter` is the registered submitter that owns the signing key,
+//! known once the key is found in the registry: the label takes values only
+//! from the registered set (a bounded set that operators add to), never from
+//! what a caller sends; submissions refused before that (unknown key, bad
+//! headers) are counted only in `tallyhouse_ingest_packages_total`.
+//!
+//! * `tallyhouse_ingest_submitter_packages_total{submitter, outcome, code}`
+//!   (counter): finished submissions of a known submitter, as above.
+//! * `tallyhouse_ingest_submitter_last_package_timestamp_seconds{submitter}`
+//!   (gauge): receive time (Unix seconds) of the submitter's last accepted
+//!   package (stored or duplicate), since this process started.
+//! * `tallyhouse_ingest_submitter_lag_seconds{submitter}` (gauge): how long
+//!   after its `created_at` the submitter's last stored package arrived.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use rpc_contracts::ErrorCode;
 use std::fmt::Write as _;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A stage of a submission (see the module documentation).
@@ -51,8 +67,6 @@ pub enum Stage {
     VerifyQueue,
     /// The signature verification call.
     Verify,
-    /// The body's SHA-256.
-    Hash,
     /// Parsing the body.
     Parse,
     /// The idempotency look-up.
@@ -72,7 +86,6 @@ impl Stage {
             Self::KeyLookup => "key_lookup",
             Self::VerifyQueue => "verify_queue",
             Self::Verify => "verify",
-            Self::Hash => "hash",
             Self::Parse => "parse",
             Self::Dedupe => "dedupe",
             Self::ReceiptSign => "receipt_sign",
@@ -134,6 +147,43 @@ struct PackageLabels {
     code: CodeLabel,
 }
 
+impl PackageLabels {
+    fn of(outcome: Result<bool, ErrorCode>) -> Self {
+        match outcome {
+            Ok(true) => Self {
+                outcome: Outcome::Stored,
+                code: CodeLabel(None),
+            },
+            Ok(false) => Self {
+                outcome: Outcome::Duplicate,
+                code: CodeLabel(None),
+            },
+            Err(code) => Self {
+                outcome: if is_failure(code) {
+                    Outcome::Failed
+                } else {
+                    Outcome::Rejected
+                },
+                code: CodeLabel(Some(code)),
+            },
+        }
+    }
+}
+
+/// Labels of the per-submitter outcome counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubmitterPackageLabels {
+    submitter: String,
+    outcome: Outcome,
+    code: CodeLabel,
+}
+
+/// Labels of the per-submitter gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubmitterLabels {
+    submitter: String,
+}
+
 /// Whether an error is ours rather than the caller's.
 fn is_failure(code: ErrorCode) -> bool {
     matches!(
@@ -161,6 +211,9 @@ pub struct IngestMetrics {
     packages: Family<PackageLabels, Counter>,
     records: Counter,
     bytes: Counter,
+    submitter_packages: Family<SubmitterPackageLabels, Counter>,
+    submitter_last_package: Family<SubmitterLabels, Gauge>,
+    submitter_lag: Family<SubmitterLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl IngestMetrics {
@@ -172,6 +225,9 @@ impl IngestMetrics {
             packages: Family::default(),
             records: Counter::default(),
             bytes: Counter::default(),
+            submitter_packages: Family::default(),
+            submitter_last_package: Family::default(),
+            submitter_lag: Family::default(),
         };
         let sub = registry.sub_registry_with_prefix("tallyhouse");
         sub.register_with_unit(
@@ -182,7 +238,7 @@ impl IngestMetrics {
         );
         sub.register_with_unit(
             "ingest_stage_cpu",
-            "CPU time of the thread running the computing stages (verify, hash, parse, receipt_sign), by stage",
+            "CPU time of the thread running the computing stages (verify, parse, receipt_sign), by stage",
             Unit::Seconds,
             m.stage_cpu_seconds.clone(),
         );
@@ -200,6 +256,23 @@ impl IngestMetrics {
             "ingest_bytes",
             "Body bytes of stored packages",
             m.bytes.clone(),
+        );
+        sub.register(
+            "ingest_submitter_packages",
+            "Finished package submissions by registered submitter (a bounded set: the owner of the signing key), outcome and error code",
+            m.submitter_packages.clone(),
+        );
+        sub.register_with_unit(
+            "ingest_submitter_last_package_timestamp",
+            "Receive time (Unix) of the last package accepted (stored or duplicate) from each registered submitter (a bounded set), since this process started",
+            Unit::Seconds,
+            m.submitter_last_package.clone(),
+        );
+        sub.register_with_unit(
+            "ingest_submitter_lag",
+            "How long after its created_at the last stored package of each registered submitter (a bounded set) arrived",
+            Unit::Seconds,
+            m.submitter_lag.clone(),
         );
         m
     }
@@ -226,31 +299,101 @@ impl IngestMetrics {
 
     /// Counts a finished submission: `Ok(created)` or the error code.
     pub fn finished(&self, outcome: Result<bool, ErrorCode>) {
-        let labels = match outcome {
-            Ok(true) => PackageLabels {
-                outcome: Outcome::Stored,
-                code: CodeLabel(None),
-            },
-            Ok(false) => PackageLabels {
-                outcome: Outcome::Duplicate,
-                code: CodeLabel(None),
-            },
-            Err(code) => PackageLabels {
-                outcome: if is_failure(code) {
-                    Outcome::Failed
-                } else {
-                    Outcome::Rejected
-                },
-                code: CodeLabel(Some(code)),
-            },
-        };
-        self.packages.get_or_create(&labels).inc();
+        self.packages
+            .get_or_create(&PackageLabels::of(outcome))
+            .inc();
+    }
+
+    /// Counts a finished submission of the registered `submitter` (the
+    /// owner of the signing key) received at `received_at`, and moves its
+    /// last-package time when the package was accepted.
+    pub fn submitter_finished(
+        &self,
+        submitter: &str,
+        outcome: Result<bool, ErrorCode>,
+        received_at: time::OffsetDateTime,
+    ) {
+        let PackageLabels { outcome: o, code } = PackageLabels::of(outcome);
+        self.submitter_packages
+            .get_or_create(&SubmitterPackageLabels {
+                submitter: submitter.to_owned(),
+                outcome: o,
+                code,
+            })
+            .inc();
+        if outcome.is_ok() {
+            let gauge = self.submitter_last_package.get_or_create(&SubmitterLabels {
+                submitter: submitter.to_owned(),
+            });
+            // Several calls finish at once: never move it backwards.
+            let at = received_at.unix_timestamp();
+            let mut seen = gauge.get();
+            while seen < at {
+                match gauge
+                    .inner()
+                    .compare_exchange(seen, at, Ordering::SeqCst, Ordering::SeqCst)
+                {
+                    Ok(_) => break,
+                    Err(now) => seen = now,
+                }
+            }
+        }
+    }
+
+    /// Records how long after its creation a stored package of `submitter` arrived.
+    pub fn submitter_lag(&self, submitter: &str, lag: time::Duration) {
+        self.submitter_lag
+            .get_or_create(&SubmitterLabels {
+                submitter: submitter.to_owned(),
+            })
+            .set(lag.as_seconds_f64().max(0.0));
     }
 
     /// Counts the records and bytes of a stored package.
     pub fn stored(&self, records: usize, bytes: usize) {
         self.records.inc_by(records as u64);
         self.bytes.inc_by(bytes as u64);
+    }
+}
+
+/// The COPY pool's figures for `tallyhouse_db_pool_*` (see
+/// `platform::db_metrics`), read at scrape time.
+pub fn pool_stats(
+    pool: deadpool_postgres::Pool,
+) -> impl Fn() -> platform::db_metrics::PoolStats + Send + Sync + 'static {
+    move || {
+        let status = pool.status();
+        platform::db_metrics::PoolStats {
+            open: status.size as u64,
+            idle: status.available as u64,
+            max: status.max_size as u64,
+            waiters: Some(status.waiting as u64),
+        }
+    }
+}
+
+/// The `database` readiness check of ingest: `SELECT 1` on a connection of
+/// the COPY pool (see `platform::ops::Readiness`).
+pub fn database_check(
+    pool: deadpool_postgres::Pool,
+) -> impl Fn() -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync + 'static
+{
+    move || {
+        let pool = pool.clone();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(|e| match e {
+                deadpool_postgres::PoolError::Timeout(_) => {
+                    "no pooled connection free in time".to_owned()
+                }
+                deadpool_postgres::PoolError::Backend(e) => format!("unreachable: {e}"),
+                other => format!("unavailable: {other}"),
+            })?;
+            client
+                .query_one("SELECT 1", &[])
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("failed: {e}"))
+        })
     }
 }
 
@@ -279,6 +422,15 @@ mod tests {
         m.finished(Err(ErrorCode::BadSignature));
         m.finished(Err(ErrorCode::Unavailable));
         m.stored(25, 4096);
+        let at = time::macros::datetime!(2026-03-01 12:00 UTC);
+        m.submitter_finished("acme", Ok(true), at);
+        m.submitter_finished("acme", Ok(false), at - time::Duration::hours(1));
+        m.submitter_finished(
+            "acme",
+            Err(ErrorCode::BadSignature),
+            at + time::Duration::hours(1),
+        );
+        m.submitter_lag("acme", time::Duration::seconds(90));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for expected in [
@@ -291,6 +443,12 @@ mod tests {
             "tallyhouse_ingest_packages_total{outcome=\"failed\",code=\"unavailable\"} 1",
             "tallyhouse_ingest_records_total 25",
             "tallyhouse_ingest_bytes_total 4096",
+            "tallyhouse_ingest_submitter_packages_total{submitter=\"acme\",outcome=\"stored\",code=\"none\"} 1",
+            "tallyhouse_ingest_submitter_packages_total{submitter=\"acme\",outcome=\"duplicate\",code=\"none\"} 1",
+            "tallyhouse_ingest_submitter_packages_total{submitter=\"acme\",outcome=\"rejected\",code=\"bad_signature\"} 1",
+            // The latest accepted package, not the later rejected one nor the older duplicate.
+            "tallyhouse_ingest_submitter_last_package_timestamp_seconds{submitter=\"acme\"} 1772366400",
+            "tallyhouse_ingest_submitter_lag_seconds{submitter=\"acme\"} 90.0",
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }

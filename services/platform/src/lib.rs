@@ -8,6 +8,7 @@ pub mod amqp;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod db_metrics;
 pub mod ops;
 pub mod rpc;
 pub mod s3;

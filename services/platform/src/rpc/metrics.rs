@@ -17,6 +17,13 @@ pub struct MethodLabels {
     pub method: &'static str,
 }
 
+/// Label set naming a broker queue.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// The queue's name, e.g. `tallyhouse.registry.v1.dead-letter`.
+    pub queue: String,
+}
+
 /// Label set naming a routing key and an error code.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -124,6 +131,7 @@ pub struct RpcMetrics {
     pub(crate) expired: Family<MethodLabels, Counter>,
     pub(crate) dead_lettered: Family<MethodLabels, Counter>,
     pub(crate) broker_links_up: Gauge,
+    pub(crate) dead_letter_messages: Family<QueueLabels, Gauge>,
 }
 
 impl RpcMetrics {
@@ -148,6 +156,11 @@ impl RpcMetrics {
             "Broker connections currently up in this process",
             m.broker_links_up.clone(),
         );
+        sub.register(
+            "rpc_dead_letter_messages",
+            "Messages waiting in the dead-letter queue of each queue this process serves (sampled)",
+            m.dead_letter_messages.clone(),
+        );
         m
     }
 
@@ -159,6 +172,7 @@ impl RpcMetrics {
             expired: Family::default(),
             dead_lettered: Family::default(),
             broker_links_up: Gauge::default(),
+            dead_letter_messages: Family::default(),
         }
     }
 }
