@@ -60,14 +60,18 @@ start_service() {
     fi
     ensure_port_free "$port" "$svc metrics"
     [[ "$svc" == gateway ]] && ensure_port_free "$TH_GATEWAY_HTTP_PORT" "gateway HTTP"
-    [[ -s "$TH_TOKENS/$svc" ]] || die "no token for $svc in .run/state/tokens; did vault-provision.sh run?"
+    [[ -s "$TH_STATE/approle/$svc/secret_id" ]] ||
+        die "no AppRole secret id for $svc in .run/state/approle; did vault-provision.sh run?"
     # Keep the previous run's log next to the new one.
     [[ -f "$log" ]] && mv -f "$log" "$log.1"
     (
-        unset BAO_ADDR BAO_TOKEN
+        unset BAO_ADDR BAO_TOKEN VAULT_TOKEN
         export VAULT_ADDR="$TH_VAULT_ADDR"
-        VAULT_TOKEN="$(cat "$TH_TOKENS/$svc")"
-        export VAULT_TOKEN
+        # AppRole: the role id and secret id reach the process through its
+        # environment only (never its command line).
+        TALLYHOUSE_VAULT_ROLE_ID="$(cat "$TH_STATE/approle/$svc/role_id")"
+        TALLYHOUSE_VAULT_SECRET_ID="$(cat "$TH_STATE/approle/$svc/secret_id")"
+        export TALLYHOUSE_VAULT_ROLE_ID TALLYHOUSE_VAULT_SECRET_ID
         export TALLYHOUSE_AMQP_URIS="$TH_AMQP_URIS"
         export TALLYHOUSE_ENVIRONMENT=local
         export TALLYHOUSE_METRICS_ADDR="$TH_HOST:$port"
@@ -80,6 +84,13 @@ start_service() {
             export TALLYHOUSE_DATABASE_PORT="$TH_PG_PORT"
             TALLYHOUSE_DATABASE_NAME="$(service_db_name "$(database_of "$svc")")"
             export TALLYHOUSE_DATABASE_NAME
+            # Leased logins from OpenBao's database secrets engine (see
+            # vault-provision.sh), each a member of the service's own role,
+            # which every session switches to.
+            TALLYHOUSE_DATABASE_VAULT_ROLE="$(policy_prefix)$svc"
+            export TALLYHOUSE_DATABASE_VAULT_ROLE
+            TALLYHOUSE_DATABASE_GROUP_ROLE="$(service_db_role "$svc")"
+            export TALLYHOUSE_DATABASE_GROUP_ROLE
         fi
         if [[ "$svc" == ingest ]]; then
             # The owner (the local superuser, trust auth on loopback) migrates
@@ -98,6 +109,12 @@ start_service() {
         fi
     )
     STARTED+=("$svc")
+}
+
+# policy_prefix: the prefix of the services' policy, AppRole and database
+# role names in secrets.json.
+policy_prefix() {
+    th_python -c 'import json, sys; print(json.load(open(sys.argv[1]))["policy_prefix"])' "$TH_SECRETS_JSON"
 }
 
 # database_of SERVICE: whose database SERVICE logs in to: its own, or the

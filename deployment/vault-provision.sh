@@ -10,7 +10,14 @@
 #                   login for S's database instead, and no database of its own;
 #       s3       -> the s3s-fs key pair from .run/state/s3-credentials;
 #       receipt_key, jwt_key -> P-256 signing keys, generated once and kept;
-#   - one token per service with only its policy, in .run/state/tokens/<svc>.
+#   - AppRole: one role per service (token_policies: its policy only); its
+#     role id and a fresh secret id in .run/state/approle/<svc>/ (0600),
+#     handed to the process by up.sh through its environment;
+#   - the database secrets engine: connection "tallyhouse" as the admin role
+#     tallyhouse_vault (CREATEROLE), and one role per service reading
+#     `database`, whose leased logins are members of tallyhouse_<svc>;
+#   - one token per service with only its policy, in .run/state/tokens/<svc>
+#     (the CLI uses its token; services log in with AppRole).
 # Idempotent; re-run whenever OpenBao (in-memory dev mode) restarts.
 # Secrets travel through stdin, files and the environment, never argv or stdout.
 set -euo pipefail
@@ -25,6 +32,14 @@ PREFIX=""
 POLICY_PREFIX=""
 TOKEN_TTL=""
 TOKEN_RENEWABLE=""
+APPROLE_MOUNT=""
+APPROLE_TOKEN_TTL=""
+APPROLE_TOKEN_MAX_TTL=""
+DB_MOUNT=""
+DB_CONNECTION=""
+DB_ADMIN=""
+DB_DEFAULT_TTL=""
+DB_MAX_TTL=""
 SERVICES=()
 declare -A READS=()
 declare -A DB_OF=()
@@ -49,6 +64,13 @@ print("policy_prefix", doc["policy_prefix"])
 token = doc.get("token", {})
 print("ttl", token.get("ttl", "24h"))
 print("renewable", "true" if token.get("renewable", True) else "false")
+approle = doc["approle"]
+print("approle", approle["mount"], approle["token_ttl"], approle["token_max_ttl"])
+engine = doc["database_engine"]
+for key in ("mount", "connection", "admin_role"):
+    if not name.match(engine[key]):
+        sys.exit(f"secrets.json: bad database_engine.{key}: {engine[key]!r}")
+print("dbengine", engine["mount"], engine["connection"], engine["admin_role"], engine["default_ttl"], engine["max_ttl"])
 kinds = doc["kinds"]
 for svc, spec in doc["services"].items():
     if not name.match(svc):
@@ -71,6 +93,16 @@ PY
             policy_prefix) POLICY_PREFIX="$a" ;;
             ttl) TOKEN_TTL="$a" ;;
             renewable) TOKEN_RENEWABLE="$a" ;;
+            approle)
+                APPROLE_MOUNT="$a"
+                APPROLE_TOKEN_TTL="$b"
+                APPROLE_TOKEN_MAX_TTL="$rest"
+                ;;
+            dbengine)
+                DB_MOUNT="$a"
+                DB_CONNECTION="$b"
+                read -r DB_ADMIN DB_DEFAULT_TTL DB_MAX_TTL <<<"$rest"
+                ;;
             svc)
                 SERVICES+=("$a")
                 READS["$a"]="$b${rest:+ $rest}"
@@ -136,6 +168,15 @@ path "$KV_MOUNT/data/$PREFIX/$1/*" {
   capabilities = ["read"]
 }
 HCL
+    if reads "$1" database; then
+        cat <<HCL
+# Its own leased database logins (renewal goes through sys/leases/renew,
+# which the default policy allows for the token's own leases).
+path "$DB_MOUNT/creds/$POLICY_PREFIX$1" {
+  capabilities = ["read"]
+}
+HCL
+    fi
 }
 
 write_policies() {
@@ -284,6 +325,106 @@ provision_jwt_key() {
     done
 }
 
+# ensure_engine PATH TYPE: mount a secrets engine (or, with "auth", an auth
+# method) at PATH when nothing is mounted there yet.
+ensure_mounted() {
+    local kind="$1" path="$2" type="$3" list
+    if [[ "$kind" == auth ]]; then list=sys/auth; else list=sys/mounts; fi
+    if root_api GET "$list" | th_python -c '
+import json, sys
+doc = json.load(sys.stdin)
+sys.exit(0 if (sys.argv[1] + "/") in doc.get("data", doc) else 1)
+' "$path"; then
+        return 0
+    fi
+    printf '{"type": "%s"}' "$type" |
+        root_api POST "$list/$path" --data-binary @- >/dev/null ||
+        die "cannot enable $type at $path/"
+}
+
+# provision_approle: one AppRole role per service with only its policy; the
+# role id and a fresh secret id go to .run/state/approle/<svc>/ (0600).
+provision_approle() {
+    local svc role
+    ensure_mounted auth "$APPROLE_MOUNT" approle
+    for svc in "${SERVICES[@]}"; do
+        role="$POLICY_PREFIX$svc"
+        th_python -c '
+import json, sys
+policy, ttl, max_ttl = sys.argv[1:]
+print(json.dumps({"token_policies": [policy], "token_ttl": ttl, "token_max_ttl": max_ttl,
+                  "secret_id_ttl": "0", "secret_id_num_uses": 0}))
+' "$POLICY_PREFIX$svc" "$APPROLE_TOKEN_TTL" "$APPROLE_TOKEN_MAX_TTL" |
+            root_api POST "auth/$APPROLE_MOUNT/role/$role" --data-binary @- >/dev/null ||
+            die "cannot write AppRole role $role"
+        root_api GET "auth/$APPROLE_MOUNT/role/$role/role-id" |
+            th_python -c 'import json, sys; sys.stdout.write(json.load(sys.stdin)["data"]["role_id"])' |
+            write_secret_file "$TH_STATE/approle/$svc/role_id" ||
+            die "cannot read the role id of $role"
+        root_api POST "auth/$APPROLE_MOUNT/role/$role/secret-id" |
+            th_python -c 'import json, sys; sys.stdout.write(json.load(sys.stdin)["data"]["secret_id"])' |
+            write_secret_file "$TH_STATE/approle/$svc/secret_id" ||
+            die "cannot create a secret id for $role"
+    done
+}
+
+# provision_database_engine: the database secrets engine, connected to the
+# local PostgreSQL as DB_ADMIN (CREATEROLE, fresh password each run), and one
+# role per service reading `database`: each leased login is a new role,
+# member of the service's stable role (its own, or its reader role for a
+# "database_of" service), valid until the lease ends.
+provision_database_engine() {
+    local svc pw group allowed=()
+    any_reads database || return 0
+    ensure_mounted secrets "$DB_MOUNT" database
+    pw="$(random_hex 24)"
+    # shellcheck disable=SC2119 # psql_admin takes no arguments here
+    psql_admin >/dev/null <<SQL || die "could not create/update PostgreSQL role $DB_ADMIN"
+SET log_statement = 'none';
+\\set role '$DB_ADMIN'
+\\set pw '$pw'
+SELECT format('CREATE ROLE %I LOGIN CREATEROLE', :'role')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \\gexec
+SELECT format('ALTER ROLE %I WITH LOGIN CREATEROLE PASSWORD %L', :'role', :'pw') \\gexec
+SQL
+    for svc in "${SERVICES[@]}"; do
+        reads "$svc" database && allowed+=("$POLICY_PREFIX$svc")
+    done
+    printf '%s\n' "$pw" | th_python -c '
+import json, sys
+admin, host, port, allowed = sys.argv[1:]
+print(json.dumps({
+    "plugin_name": "postgresql-database-plugin",
+    "connection_url": "postgresql://{{username}}:{{password}}@%s:%s/postgres?sslmode=disable" % (host, port),
+    "username": admin,
+    "password": sys.stdin.readline().rstrip("\n"),
+    "allowed_roles": allowed.split(","),
+    "verify_connection": True,
+}))
+' "$DB_ADMIN" "$TH_HOST" "$TH_PG_PORT" "$(IFS=,; printf '%s' "${allowed[*]}")" |
+        root_api POST "$DB_MOUNT/config/$DB_CONNECTION" --data-binary @- >/dev/null ||
+        die "cannot configure the database secrets engine connection $DB_CONNECTION"
+    for svc in "${SERVICES[@]}"; do
+        reads "$svc" database || continue
+        group="$(service_db_role "$svc")"
+        th_python -c '
+import json, sys
+connection, group, ttl, max_ttl = sys.argv[1:]
+print(json.dumps({
+    "db_name": connection,
+    "creation_statements": [
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '"'"'{{password}}'"'"' VALID UNTIL '"'"'{{expiration}}'"'"' IN ROLE \"%s\";" % group,
+    ],
+    "revocation_statements": ["DROP ROLE IF EXISTS \"{{name}}\";"],
+    "default_ttl": ttl,
+    "max_ttl": max_ttl,
+}))
+' "$DB_CONNECTION" "$group" "$DB_DEFAULT_TTL" "$DB_MAX_TTL" |
+            root_api POST "$DB_MOUNT/roles/$POLICY_PREFIX$svc" --data-binary @- >/dev/null ||
+            die "cannot write the database role $POLICY_PREFIX$svc"
+    done
+}
+
 create_tokens() {
     local svc kind path caps
     for svc in "${SERVICES[@]}"; do
@@ -323,6 +464,8 @@ main() {
     provision_s3
     provision_receipt_key
     provision_jwt_key
+    provision_database_engine
+    provision_approle
     create_tokens
     if daemon_running openbao; then
         cp "$(pid_file openbao)" "$TH_STATE/provisioned-instance"

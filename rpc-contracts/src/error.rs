@@ -59,6 +59,9 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// A dependency (database, storage, Vault) is unavailable; retry later.
     Unavailable,
+    /// The service's credentials leased from Vault expired while Vault was
+    /// unreachable or sealed: it refuses work until Vault is back; retry later.
+    SecretsExpired,
     /// The call's deadline passed before an answer arrived.
     DeadlineExceeded,
     /// No queue is bound to the routing key: nothing could ever answer.
@@ -99,6 +102,7 @@ impl ErrorCode {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::UnknownMethod => "unknown_method",
             Self::Unavailable => "unavailable",
+            Self::SecretsExpired => "secrets_expired",
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::NoRoute => "no_route",
             Self::Disconnected => "disconnected",
@@ -112,7 +116,7 @@ impl ErrorCode {
     pub fn retryable_by_default(self) -> bool {
         matches!(
             self,
-            Self::Unavailable | Self::DeadlineExceeded | Self::Disconnected
+            Self::Unavailable | Self::SecretsExpired | Self::DeadlineExceeded | Self::Disconnected
         )
     }
 
@@ -139,6 +143,7 @@ impl ErrorCode {
         Self::UnsupportedMediaType,
         Self::UnknownMethod,
         Self::Unavailable,
+        Self::SecretsExpired,
         Self::DeadlineExceeded,
         Self::NoRoute,
         Self::Disconnected,

@@ -82,6 +82,21 @@ impl ChildProcess {
         })
     }
 
+    /// Its stdout, when the command piped it (once).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// Its stderr, when the command piped it (once).
+    pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.child.stderr.take()
+    }
+
+    /// Waits for it to exit.
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait()
+    }
+
     /// The name it was spawned with.
     pub fn name(&self) -> &str {
         &self.name

@@ -258,6 +258,9 @@ impl Application {
             .run(&pool)
             .await
             .context("migrating the auth database")?;
+        svc.ready
+            .add_check("database", platform::ops::postgres_check(pool.clone()));
+        platform::db_metrics::register_sqlx(&mut svc.registry, SERVICE, pool.clone());
         let metrics = AuthMetrics::register(&mut svc.registry);
         let passwords = Passwords::new(args.hash_concurrency, metrics.clone())
             .await
@@ -277,7 +280,7 @@ impl Application {
             policy,
             metrics,
         ));
-        let server = handlers::server(auth.clone());
+        let server = handlers::server(auth.clone()).gated(svc.vault.gate());
         svc.serve_ops().await?;
         Ok(Self {
             svc,

@@ -128,15 +128,16 @@ impl ConnectionArgs {
     /// Reads the broker credentials from Vault and connects to the brokers.
     async fn connect(&self) -> Result<RpcClient, CliError> {
         let token = self.token()?;
-        let vault = Vault::new(
+        let vault = Vault::with_token(
             &self.vault_addr,
             &token,
             &self.vault_mount,
             &self.vault_prefix,
             VAULT_IDENTITY,
+            self.timeout(),
         )
-        .map_err(|e| CliError::Connect(e.to_string()))?
-        .with_startup_bound(self.timeout());
+        .await
+        .map_err(|e| CliError::Connect(e.to_string()))?;
         let creds = vault
             .amqp_credentials()
             .await

@@ -10,7 +10,7 @@ use crate::schema;
 use crate::store::{PackageRow, RecordStore};
 use anyhow::Context as _;
 use evidence::{ReceiptClaims, ReceiptSigner};
-use platform::db::DatabaseCredentials;
+use platform::db::DatabaseLogin;
 use platform::rpc::{RequestContext, RpcClient, RpcServer};
 use platform::s3::{EvidenceStore, S3Credentials};
 use platform::service::Service;
@@ -32,10 +32,11 @@ struct ReceiptKeySecret {
 
 struct Ingest {
     keys: KeyDirectory,
-    store: RecordStore,
+    store: Arc<RecordStore>,
     evidence: EvidenceStore,
     signer: ReceiptSigner,
-    verify_slots: Semaphore,
+    verify_slots: Arc<Semaphore>,
+    inline_verify_max_bytes: usize,
     metrics: IngestMetrics,
     audience: String,
     created_at_max_age: time::Duration,
@@ -45,11 +46,9 @@ struct Ingest {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut svc = Service::bootstrap(crate::SERVICE, args.common.clone()).await?;
-    let db_creds: DatabaseCredentials = svc
-        .vault
-        .read("database")
+    let login = DatabaseLogin::from_vault(&svc.vault, &args.database)
         .await
-        .context("reading the database credentials")?;
+        .context("reading the database login")?;
     let s3_creds: S3Credentials = svc
         .vault
         .read("s3")
@@ -65,14 +64,37 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ReceiptSigner::from_pkcs8_pem(receipt_key.private_key_pem.expose_secret())
             .context("parsing the receipt key")?
     };
-    let store = RecordStore::connect(&args.database, &db_creds)?;
+    let store = Arc::new(RecordStore::connect(&args.database, &login.creds)?);
     store.check_schema(schema::expected_version()).await?;
+    let lifecycle = crate::jobs::rpc::Lifecycle::start(
+        &args.database,
+        &login.creds,
+        args.jobs.config(args.record_max_age_days),
+        &mut svc.registry,
+        svc.stop.clone(),
+    );
+    {
+        let store = store.clone();
+        let lifecycle = lifecycle.clone();
+        login.keep_fresh(&svc.vault, move |creds| {
+            lifecycle.use_login(&creds);
+            store.use_login(creds);
+        });
+    }
     let evidence = EvidenceStore::new(&args.s3, &s3_creds);
     evidence
         .ensure_bucket()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let metrics = IngestMetrics::register(&mut svc.registry);
+    let pool = store.pool().clone();
+    svc.ready
+        .add_check("database", crate::metrics::database_check(pool.clone()));
+    svc.ready
+        .add_check("s3", platform::ops::s3_bucket_check(evidence.clone()));
+    platform::db_metrics::PoolMetrics::new()
+        .source(crate::SERVICE, crate::metrics::pool_stats(pool))
+        .register(&mut svc.registry);
     let rpc = RpcClient::start(svc.rpc.clone(), svc.rpc_metrics.clone());
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let ingest = Arc::new(Ingest {
@@ -80,7 +102,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         store,
         evidence,
         signer,
-        verify_slots: Semaphore::new(args.verify_concurrency.unwrap_or(cores).max(1)),
+        verify_slots: Arc::new(Semaphore::new(
+            args.verify_concurrency.unwrap_or(cores).max(1),
+        )),
+        inline_verify_max_bytes: args.inline_verify_max_bytes,
         metrics,
         audience: args.audience.clone(),
         created_at_max_age: time::Duration::seconds(args.created_at_max_age_secs as i64),
@@ -89,7 +114,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
     let submit = ingest.clone();
     let keys = ingest.clone();
-    let server = RpcServer::builder(ingest::QUEUE)
+    let server = lifecycle
+        .register(RpcServer::builder(ingest::QUEUE))
         .on::<ingest::SubmitPackage, _, _>(move |ctx, req| {
             let ingest = submit.clone();
             async move { ingest.submit(ctx, req, platform::clock::now()).await }
@@ -98,7 +124,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let jwk = keys.signer.jwk();
             async move { Ok(JwkSet { keys: vec![jwk] }) }
         })
-        .build();
+        .build()
+        .gated(svc.vault.gate());
     svc.serve_ops().await?;
     svc.ready.set(true);
     server
@@ -121,11 +148,17 @@ impl Ingest {
         req: SubmitPackageRequest,
         received_at: OffsetDateTime,
     ) -> Result<SubmitPackageResponse, RpcError> {
-        let outcome = self.store(ctx, req, received_at).await;
-        self.metrics.finished(match &outcome {
+        let mut submitter = None;
+        let outcome = self.store(ctx, req, received_at, &mut submitter).await;
+        let counted = match &outcome {
             Ok(response) => Ok(response.created),
             Err(e) => Err(e.code),
-        });
+        };
+        self.metrics.finished(counted);
+        if let Some(submitter) = submitter {
+            self.metrics
+                .submitter_finished(&submitter, counted, received_at);
+        }
         outcome
     }
 
@@ -134,6 +167,7 @@ impl Ingest {
         ctx: RequestContext,
         req: SubmitPackageRequest,
         received_at: OffsetDateTime,
+        submitter_seen: &mut Option<String>,
     ) -> Result<SubmitPackageResponse, RpcError> {
         let metrics = &self.metrics;
         // Cheap checks first: header shapes, then the key's state.
@@ -149,38 +183,51 @@ impl Ingest {
         let known = self.keys.get(&key_id, &ctx).await;
         metrics.observe(Stage::KeyLookup, started.elapsed());
         let known = known?;
+        *submitter_seen = Some(known.info.submitter_id.as_str().to_owned());
         check_key_state(&known.info, received_at)?;
 
         // The signature over the exact bytes, then the parse of those bytes.
+        // The verification slot bounds verifications (and the hashing in
+        // them) at once; it is released before the parse.
         let body = Arc::new(req.body.0);
-        let (package, sha256, signature) = {
+        let (package, sha256) = {
             let queued = Instant::now();
-            let _slot = self
+            let slot = self
                 .verify_slots
-                .acquire()
+                .clone()
+                .acquire_owned()
                 .await
                 .map_err(|_| err(ErrorCode::Unavailable, "shutting down"))?;
+            let inline = body.len() <= self.inline_verify_max_bytes;
             let body = body.clone();
             let key = known.clone();
             let metrics = metrics.clone();
-            tokio::task::spawn_blocking(move || {
+            let signature = signature.clone();
+            let work = move || {
                 metrics.observe(Stage::VerifyQueue, queued.elapsed());
-                metrics
-                    .compute(Stage::Verify, || key.key.verify(&body, &signature))
+                // One pass over the body: the digest that is verified is
+                // also the body's identity.
+                let sha256 = metrics
+                    .compute(Stage::Verify, || key.key.verify_and_hash(&body, &signature))
                     .map_err(|_| {
                         err(
                             ErrorCode::BadSignature,
                             "the signature does not verify over the body",
                         )
                     })?;
-                let sha256 = metrics.compute(Stage::Hash, || evidence::sha256(&body));
+                drop(slot);
                 let package = metrics
                     .compute(Stage::Parse, || evidence::parse_package(&body))
                     .map_err(|e| err(ErrorCode::MalformedPackage, e.to_string()))?;
-                Ok::<_, RpcError>((package, sha256, signature))
-            })
-            .await
-            .map_err(|_| err(ErrorCode::Internal, "verification task failed"))??
+                Ok::<_, RpcError>((package, sha256))
+            };
+            if inline {
+                work()?
+            } else {
+                tokio::task::spawn_blocking(work)
+                    .await
+                    .map_err(|_| err(ErrorCode::Internal, "verification task failed"))??
+            }
         };
 
         if package.submitter_id != known.info.submitter_id {
@@ -283,6 +330,7 @@ impl Ingest {
         metrics.observe(Stage::DbWrite, started.elapsed());
         if inserted? {
             metrics.stored(package.records.len(), row.size_bytes as usize);
+            metrics.submitter_lag(&submitter, received_at - package.created_at);
             tracing::info!(submitter = %submitter, package_id = %package.package_id, records = package.records.len(), "package stored");
             return Ok(SubmitPackageResponse {
                 receipt,

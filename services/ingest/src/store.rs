@@ -2,13 +2,14 @@
 //! transaction per package holding its row and its records (binary COPY), so
 //! nothing half-stored is ever visible.
 
-use deadpool_postgres::{Pool, Runtime};
+use deadpool_postgres::{Connect, Hook, HookError, Manager, ManagerConfig, Pool, Runtime};
 use evidence::Record;
-use platform::db::{DatabaseArgs, DatabaseCredentials};
+use futures_util::future::BoxFuture;
+use platform::db::{DatabaseArgs, DatabaseCredentials, Rotation};
 use rpc_contracts::{ErrorCode, RpcError};
 use secrecy::ExposeSecret as _;
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use time::{Date, OffsetDateTime};
 use tokio_postgres::NoTls;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -41,7 +42,40 @@ pub struct Existing {
 /// The time-series tables.
 pub struct RecordStore {
     pool: Pool,
+    login: Arc<RwLock<DatabaseCredentials>>,
+    rotation: Rotation,
     known_days: Mutex<HashSet<Date>>,
+}
+
+/// Connects with the login in use at the time (it changes when a leased
+/// login is replaced).
+struct CurrentLogin(Arc<RwLock<DatabaseCredentials>>);
+
+impl Connect for CurrentLogin {
+    fn connect(
+        &self,
+        pg_config: &tokio_postgres::Config,
+    ) -> BoxFuture<
+        '_,
+        Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        let mut config = pg_config.clone();
+        {
+            let login = self.0.read().expect("login lock");
+            config
+                .user(&login.username)
+                .password(login.password.expose_secret());
+        }
+        Box::pin(async move {
+            let (client, connection) = config.connect(NoTls).await?;
+            let task = tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "database connection closed");
+                }
+            });
+            Ok((client, task))
+        })
+    }
 }
 
 /// Maps a database failure to the wire: lost connections and pool timeouts
@@ -90,31 +124,62 @@ const RECORD_TYPES: [Type; 7] = [
 ];
 
 impl RecordStore {
-    /// A pool to the time-series database.
+    /// The pool (readiness check and pool metrics).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// A pool to the time-series database, logged in as `creds`; see
+    /// [`RecordStore::use_login`] for moving it to fresh credentials.
     pub fn connect(args: &DatabaseArgs, creds: &DatabaseCredentials) -> anyhow::Result<Self> {
-        let mut cfg = deadpool_postgres::Config::new();
-        cfg.host = Some(args.database_host.clone());
-        cfg.port = Some(args.database_port);
-        cfg.dbname = Some(args.database_name.clone());
-        cfg.user = Some(creds.username.clone());
-        cfg.password = Some(creds.password.expose_secret().to_owned());
-        cfg.application_name = Some("tallyhouse-ingest".to_owned());
-        cfg.connect_timeout = Some(std::time::Duration::from_secs(5));
-        cfg.pool = Some(deadpool_postgres::PoolConfig {
-            max_size: args.database_pool_size as usize,
-            timeouts: deadpool_postgres::Timeouts {
-                wait: Some(std::time::Duration::from_millis(
-                    args.database_acquire_timeout_ms,
-                )),
-                create: Some(std::time::Duration::from_secs(5)),
-                recycle: Some(std::time::Duration::from_secs(5)),
-            },
-            ..Default::default()
-        });
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&args.database_host)
+            .port(args.database_port)
+            .dbname(&args.database_name)
+            .application_name("tallyhouse-ingest")
+            .connect_timeout(std::time::Duration::from_secs(5));
+        if let Some(role) = &args.database_group_role {
+            // Role names here are identifiers from configuration.
+            pg.options(format!("-c role={role}"));
+        }
+        let login = Arc::new(RwLock::new(creds.clone()));
+        let manager =
+            Manager::from_connect(pg, CurrentLogin(login.clone()), ManagerConfig::default());
+        let rotation = Rotation::default();
+        let stale = rotation.clone();
+        let pool = Pool::builder(manager)
+            .max_size(args.database_pool_size.max(1) as usize)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(std::time::Duration::from_millis(
+                args.database_acquire_timeout_ms,
+            )))
+            .create_timeout(Some(std::time::Duration::from_secs(5)))
+            .recycle_timeout(Some(std::time::Duration::from_secs(5)))
+            // A connection opened with a previous login is dropped instead
+            // of being used again.
+            .pre_recycle(Hook::sync_fn(move |_client, metrics| {
+                if stale.predates(metrics.created) {
+                    Err(HookError::message("opened with a previous login"))
+                } else {
+                    Ok(())
+                }
+            }))
+            .build()?;
         Ok(Self {
-            pool: cfg.create_pool(Some(Runtime::Tokio1), NoTls)?,
+            pool,
+            login,
+            rotation,
             known_days: Mutex::default(),
         })
+    }
+
+    /// New connections log in as `creds`; the ones opened before are
+    /// dropped as they come back to the pool.
+    pub fn use_login(&self, creds: DatabaseCredentials) {
+        *self.login.write().expect("login lock") = creds;
+        self.rotation.now();
+        self.pool
+            .retain(|_, metrics| !self.rotation.predates(metrics.created));
     }
 
     /// Fails unless the schema is at `expected` (run `ingest migrate` first).

@@ -1,11 +1,12 @@
 //! Configuration shared by every service: clap flags with environment
-//! fallbacks. Secrets are not configuration: only the Vault token (a
-//! credential to fetch them) comes in through the environment.
+//! fallbacks. Secrets are not configuration: only the credential to fetch
+//! them from Vault (a token, or an AppRole secret id) comes in through the
+//! environment.
 
 use crate::amqp::BrokerUri;
 use crate::rpc::RpcConfig;
 use crate::telemetry::TelemetryConfig;
-use crate::vault::Vault;
+use crate::vault::{Vault, VaultAuth, VaultSettings};
 use anyhow::Context as _;
 use rpc_contracts::Topology;
 use secrecy::{ExposeSecret as _, SecretString};
@@ -46,9 +47,28 @@ pub struct CommonArgs {
     #[arg(long, env = "VAULT_ADDR", default_value = "http://127.0.0.1:8200")]
     pub vault_addr: String,
 
-    /// Vault token of this service.
+    /// Vault token of this service (in Nomad: the task's workload-identity
+    /// token). Not needed with AppRole (`--vault-role-id`).
     #[arg(long, env = "VAULT_TOKEN", hide_env_values = true, value_parser = parse_secret)]
-    pub vault_token: SecretString,
+    pub vault_token: Option<SecretString>,
+
+    /// AppRole role id of this service: log in with AppRole instead of a
+    /// given token (the secret id comes from `TALLYHOUSE_VAULT_SECRET_ID`).
+    #[arg(long, env = "TALLYHOUSE_VAULT_ROLE_ID")]
+    pub vault_role_id: Option<String>,
+
+    /// AppRole secret id of this service (environment only, never a flag
+    /// value on a command line anyone can read).
+    #[arg(long, env = "TALLYHOUSE_VAULT_SECRET_ID", hide_env_values = true, value_parser = parse_secret, requires = "vault_role_id")]
+    pub vault_secret_id: Option<SecretString>,
+
+    /// Mount of the AppRole auth method.
+    #[arg(
+        long,
+        env = "TALLYHOUSE_VAULT_APPROLE_MOUNT",
+        default_value = "approle"
+    )]
+    pub vault_approle_mount: String,
 
     /// KV v2 mount holding the secrets.
     #[arg(long, env = "TALLYHOUSE_VAULT_MOUNT", default_value = "secret")]
@@ -114,16 +134,40 @@ impl CommonArgs {
         }
     }
 
-    /// The Vault client of `service`.
-    pub fn vault(&self, service: &str) -> anyhow::Result<Vault> {
-        Ok(Vault::new(
-            &self.vault_addr,
+    /// How this service logs in to Vault: AppRole when a role id is given,
+    /// the given token otherwise.
+    pub fn vault_auth(&self) -> anyhow::Result<VaultAuth> {
+        match (
+            &self.vault_role_id,
+            &self.vault_secret_id,
             &self.vault_token,
-            &self.vault_mount,
-            &self.vault_prefix,
-            service,
-        )?
-        .with_startup_bound(Duration::from_secs(self.vault_startup_timeout_secs)))
+        ) {
+            (Some(role_id), Some(secret_id), _) => Ok(VaultAuth::AppRole {
+                mount: self.vault_approle_mount.clone(),
+                role_id: role_id.clone(),
+                secret_id: secret_id.clone(),
+            }),
+            (Some(_), None, _) => anyhow::bail!(
+                "--vault-role-id is set but TALLYHOUSE_VAULT_SECRET_ID is not: AppRole needs both"
+            ),
+            (None, _, Some(token)) => Ok(VaultAuth::Token(token.clone())),
+            (None, _, None) => anyhow::bail!(
+                "no Vault credentials: set VAULT_TOKEN, or TALLYHOUSE_VAULT_ROLE_ID and TALLYHOUSE_VAULT_SECRET_ID"
+            ),
+        }
+    }
+
+    /// Logs `service` in to Vault (see [`Vault::connect`]).
+    pub async fn vault(&self, service: &str) -> anyhow::Result<Vault> {
+        Ok(Vault::connect(VaultSettings {
+            addr: self.vault_addr.clone(),
+            auth: self.vault_auth()?,
+            mount: self.vault_mount.clone(),
+            prefix: self.vault_prefix.clone(),
+            service: service.to_owned(),
+            startup_bound: Duration::from_secs(self.vault_startup_timeout_secs),
+        })
+        .await?)
     }
 
     /// The RPC configuration of `service`, with broker credentials read from Vault.
@@ -200,6 +244,38 @@ mod tests {
                 "{bad} ({why}) was taken"
             );
         }
+    }
+
+    #[test]
+    fn approle_wins_over_a_token_and_needs_both_halves() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["svc", "--amqp-uris", "amqp://a:1/%2f"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|cli| cli.common.vault_auth())
+        };
+        let auth = parse(&[
+            "--vault-token",
+            "t",
+            "--vault-role-id",
+            "role-1",
+            "--vault-secret-id",
+            "sid-very-secret",
+        ])
+        .unwrap()
+        .unwrap();
+        assert!(
+            matches!(&auth, VaultAuth::AppRole { role_id, mount, .. } if role_id == "role-1" && mount == "approle")
+        );
+        assert!(!format!("{auth:?}").contains("very-secret"));
+        assert!(matches!(
+            parse(&["--vault-token", "t"]).unwrap().unwrap(),
+            VaultAuth::Token(_)
+        ));
+        assert!(parse(&[]).unwrap().is_err(), "no credentials at all");
+        assert!(
+            parse(&["--vault-secret-id", "s"]).is_err(),
+            "a secret id without a role id"
+        );
     }
 
     #[test]

@@ -6,14 +6,16 @@
 //! anything unexpected is `internal`, logged once here.
 
 use crate::amqp::Backoff;
-use crate::vault::{Vault, VaultError};
+use crate::vault::{LeaseInfo, Vault, VaultError};
 use rpc_contracts::{ErrorCode, RpcError};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Where a service's database is, and how its pool behaves. The user name
 /// and password are not flags: they come from Vault ([`DatabaseCredentials`]).
@@ -51,6 +53,26 @@ pub struct DatabaseArgs {
         default_value_t = 30
     )]
     pub database_startup_timeout_secs: u64,
+
+    /// Role of Vault's database secrets engine to get a leased login from
+    /// (`<mount>/creds/<role>`). Unset: the login is the service's static
+    /// `database` secret in KV.
+    #[arg(long, env = "TALLYHOUSE_DATABASE_VAULT_ROLE")]
+    pub database_vault_role: Option<String>,
+
+    /// Mount of Vault's database secrets engine.
+    #[arg(
+        long,
+        env = "TALLYHOUSE_DATABASE_VAULT_MOUNT",
+        default_value = "database"
+    )]
+    pub database_vault_mount: String,
+
+    /// Role every session switches to (`SET ROLE` at connection start), so
+    /// that the objects the service creates belong to one stable owner
+    /// rather than to short-lived leased logins (which are its members).
+    #[arg(long, env = "TALLYHOUSE_DATABASE_GROUP_ROLE")]
+    pub database_group_role: Option<String>,
 }
 
 /// The `database` secret of a service in Vault: its PostgreSQL login.
@@ -75,6 +97,110 @@ impl DatabaseCredentials {
     /// Reads the service's `database` secret.
     pub async fn from_vault(vault: &Vault) -> Result<Self, VaultError> {
         vault.read("database").await
+    }
+}
+
+/// The KV `database` secret: a login, and the database it is for when that
+/// is another service's (the query service reads ingest's).
+#[derive(Deserialize)]
+struct DatabaseSecret {
+    #[serde(flatten)]
+    login: DatabaseCredentials,
+    database: Option<String>,
+}
+
+/// A service's database login: from KV, or leased from the database secrets
+/// engine (then kept fresh with [`DatabaseLogin::keep_fresh`]).
+#[derive(Debug)]
+pub struct DatabaseLogin {
+    /// The current credentials.
+    pub creds: DatabaseCredentials,
+    /// The database the KV secret names, if it names one.
+    pub database: Option<String>,
+    lease: Option<(String, LeaseInfo)>,
+}
+
+impl DatabaseLogin {
+    /// Reads the login `args` asks for: leased from
+    /// `<database_vault_mount>/creds/<database_vault_role>` when a role is
+    /// set, the KV `database` secret otherwise.
+    pub async fn from_vault(vault: &Vault, args: &DatabaseArgs) -> Result<Self, VaultError> {
+        match &args.database_vault_role {
+            Some(role) => {
+                let path = format!("{}/creds/{role}", args.database_vault_mount);
+                let leased = vault
+                    .read_leased::<DatabaseCredentials>(
+                        &path,
+                        Duration::from_secs(args.database_startup_timeout_secs),
+                    )
+                    .await?;
+                tracing::info!(
+                    user = %leased.value.username,
+                    ttl_secs = leased.lease.ttl.as_secs(),
+                    "leased database login from Vault"
+                );
+                Ok(Self {
+                    creds: leased.value,
+                    database: None,
+                    lease: Some((path, leased.lease)),
+                })
+            }
+            None => {
+                let secret: DatabaseSecret = vault.read("database").await?;
+                Ok(Self {
+                    creds: secret.login,
+                    database: secret.database,
+                    lease: None,
+                })
+            }
+        }
+    }
+
+    /// Whether the login is leased (and so will be replaced).
+    pub fn is_leased(&self) -> bool {
+        self.lease.is_some()
+    }
+
+    /// Keeps a leased login alive (see [`Vault::keep_leased`]); `on_new`
+    /// gets each replacement. Nothing to do for a KV login.
+    pub fn keep_fresh<F>(&self, vault: &Vault, on_new: F)
+    where
+        F: Fn(DatabaseCredentials) + Send + 'static,
+    {
+        if let Some((path, lease)) = &self.lease {
+            vault.keep_leased(
+                "database",
+                path.clone(),
+                lease,
+                on_new,
+                CancellationToken::new(),
+            );
+        }
+    }
+}
+
+/// The connection options of `args`' database as `creds`: named
+/// `application` in `pg_stat_activity`, switching to the group role when
+/// one is set. Parameters come only from here, never from `PG*` variables
+/// or `.pgpass`.
+pub fn connect_options(
+    application: &str,
+    args: &DatabaseArgs,
+    creds: &DatabaseCredentials,
+) -> PgConnectOptions {
+    let options = PgConnectOptions::new_without_pgpass()
+        .host(&args.database_host)
+        .port(args.database_port)
+        .username(&creds.username)
+        .password(creds.password.expose_secret())
+        .database(&args.database_name)
+        .application_name(application)
+        // The workspace builds sqlx without a TLS stack; `prefer` would
+        // silently fall back anyway. Say so explicitly.
+        .ssl_mode(PgSslMode::Disable);
+    match &args.database_group_role {
+        Some(role) => options.options([("role", role.clone())]),
+        None => options,
     }
 }
 
@@ -108,27 +234,74 @@ pub enum ConnectError {
 /// A pool for `args`' database, logged in as `creds`, named `application`
 /// in `pg_stat_activity`. Waits (with backoff) while the server is
 /// unreachable, up to the start-up bound; a refusal (authentication, missing
-/// database) fails at once. Connection parameters come only from `args` and
-/// `creds`, never from `PG*` environment variables or `.pgpass`.
+/// database) fails at once.
 pub async fn connect(
     application: &str,
     args: &DatabaseArgs,
     creds: &DatabaseCredentials,
 ) -> Result<PgPool, ConnectError> {
-    let options = PgConnectOptions::new_without_pgpass()
-        .host(&args.database_host)
-        .port(args.database_port)
-        .username(&creds.username)
-        .password(creds.password.expose_secret())
-        .database(&args.database_name)
-        .application_name(application)
-        // The workspace builds sqlx without a TLS stack; `prefer` would
-        // silently fall back anyway. Say so explicitly.
-        .ssl_mode(PgSslMode::Disable);
-    let pool = PgPoolOptions::new()
+    let pool =
+        pool_options(args, None).connect_lazy_with(connect_options(application, args, creds));
+    wait_reachable(&pool, args, &creds.username).await?;
+    Ok(pool)
+}
+
+fn pool_options(args: &DatabaseArgs, rotated: Option<Rotation>) -> PgPoolOptions {
+    let options = PgPoolOptions::new()
         .max_connections(args.database_pool_size.max(1))
-        .acquire_timeout(Duration::from_millis(args.database_acquire_timeout_ms))
-        .connect_lazy_with(options);
+        .acquire_timeout(Duration::from_millis(args.database_acquire_timeout_ms));
+    match rotated {
+        // A connection opened before the last rotation, with the previous
+        // login, is closed rather than used again.
+        Some(rotation) => {
+            let before = rotation.clone();
+            options
+                .before_acquire(move |_conn, meta| {
+                    let fresh = !before.opened_before(meta.age);
+                    Box::pin(async move { Ok(fresh) })
+                })
+                .after_release(move |_conn, meta| {
+                    let fresh = !rotation.opened_before(meta.age);
+                    Box::pin(async move { Ok(fresh) })
+                })
+        }
+        None => options,
+    }
+}
+
+/// When the pool last moved to new credentials.
+#[derive(Clone, Default)]
+pub struct Rotation(Arc<Mutex<Option<std::time::Instant>>>);
+
+impl Rotation {
+    /// Marks now as the moment new credentials came into use.
+    pub fn now(&self) {
+        *self.0.lock().expect("rotation lock") = Some(std::time::Instant::now());
+    }
+
+    /// Whether a connection of age `age` was opened before the last rotation.
+    pub fn opened_before(&self, age: Duration) -> bool {
+        self.0.lock().expect("rotation lock").is_some_and(|at| {
+            std::time::Instant::now()
+                .checked_sub(age)
+                .is_some_and(|opened| opened < at)
+        })
+    }
+
+    /// Whether an object created at `created` predates the last rotation.
+    pub fn predates(&self, created: std::time::Instant) -> bool {
+        self.0
+            .lock()
+            .expect("rotation lock")
+            .is_some_and(|at| created < at)
+    }
+}
+
+async fn wait_reachable(
+    pool: &PgPool,
+    args: &DatabaseArgs,
+    user: &str,
+) -> Result<(), ConnectError> {
     let addr = format!("{}:{}", args.database_host, args.database_port);
     let bound = Duration::from_secs(args.database_startup_timeout_secs);
     let started = Instant::now();
@@ -139,10 +312,10 @@ pub async fn connect(
                 tracing::info!(
                     database = %args.database_name,
                     addr = %addr,
-                    user = %creds.username,
+                    user = %user,
                     "database reachable"
                 );
-                return Ok(pool);
+                return Ok(());
             }
             Err(e) if is_unavailable(&e) => {
                 let waited = started.elapsed();
@@ -168,14 +341,49 @@ pub async fn connect(
     }
 }
 
-/// Reads the service's `database` secret from Vault and connects (see [`connect`]).
+/// Reads the service's database login from Vault (see
+/// [`DatabaseLogin::from_vault`]) and connects (see [`connect_managed`]).
 pub async fn connect_with_vault(
     application: &str,
     args: &DatabaseArgs,
     vault: &Vault,
 ) -> anyhow::Result<PgPool> {
-    let creds = DatabaseCredentials::from_vault(vault).await?;
-    Ok(connect(application, args, &creds).await?)
+    connect_managed(application, args, vault, |o| o).await
+}
+
+/// Like [`connect_with_vault`], with `customize` applied to the connection
+/// options (session settings, say). A leased login is kept fresh: each
+/// replacement becomes the options of new connections, and connections
+/// opened with the previous login are closed as they are next acquired or
+/// released, well before it expires.
+pub async fn connect_managed<F>(
+    application: &str,
+    args: &DatabaseArgs,
+    vault: &Vault,
+    customize: F,
+) -> anyhow::Result<PgPool>
+where
+    F: Fn(PgConnectOptions) -> PgConnectOptions + Send + Sync + 'static,
+{
+    let login = DatabaseLogin::from_vault(vault, args).await?;
+    if let Some(named) = &login.database {
+        anyhow::ensure!(
+            *named == args.database_name,
+            "the database secret is a login for {named}, but --database-name is {}",
+            args.database_name
+        );
+    }
+    let rotation = Rotation::default();
+    let pool = pool_options(args, login.is_leased().then(|| rotation.clone()))
+        .connect_lazy_with(customize(connect_options(application, args, &login.creds)));
+    wait_reachable(&pool, args, &login.creds.username).await?;
+    let (application, args2, handle) = (application.to_owned(), args.clone(), pool.clone());
+    login.keep_fresh(vault, move |creds| {
+        handle.set_connect_options(customize(connect_options(&application, &args2, &creds)));
+        rotation.now();
+        tracing::info!(user = %creds.username, "database pool moved to a fresh login");
+    });
+    Ok(pool)
 }
 
 /// The SQLSTATE of a database error, if `err` is one.

@@ -2,7 +2,7 @@
 //! metrics registry, ops endpoint, shutdown token, and the exit path.
 
 use crate::config::CommonArgs;
-use crate::ops::{Readiness, serve_ops};
+use crate::ops::{OpsEndpoint, Readiness, start_ops};
 use crate::rpc::{RpcConfig, RpcMetrics};
 use crate::vault::Vault;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -10,6 +10,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,13 +37,16 @@ pub struct Service {
     pub stop: CancellationToken,
     /// What `/ready` reports (together with the broker links).
     pub ready: Readiness,
+    /// The ops endpoint, serving since start-up.
+    pub ops: OpsEndpoint,
 }
 
 impl Service {
-    /// Reads the service's secrets from Vault and prepares RPC and metrics.
+    /// Starts the ops endpoint (alive, not ready), then logs in to Vault
+    /// (retrying up to the start-up bound: `/ready` says so meanwhile),
+    /// reads the broker credentials and prepares RPC and metrics.
     pub async fn bootstrap(name: &'static str, common: CommonArgs) -> anyhow::Result<Self> {
-        let vault = common.vault(name)?;
-        let rpc = common.rpc_config(name, &vault).await?;
+        let stop = crate::shutdown::token_on_signal();
         let mut registry = Registry::default();
         registry.sub_registry_with_prefix("tallyhouse").register(
             "build",
@@ -54,6 +58,30 @@ impl Service {
         );
         let rpc_metrics = RpcMetrics::register(&mut registry);
         let ready = Readiness::new(rpc_metrics.clone());
+        let connected: Arc<OnceLock<Vault>> = Arc::default();
+        {
+            // Not ready while connecting; then ready while every lease it
+            // holds is valid, Vault away or not.
+            let connected = connected.clone();
+            let addr = common.vault_addr.clone();
+            ready.add_check("vault", move || {
+                let vault = connected.get().cloned();
+                let addr = addr.clone();
+                async move {
+                    match vault {
+                        Some(vault) => vault.check(),
+                        None => Err(format!("reading secrets from Vault at {addr}")),
+                    }
+                }
+            });
+        }
+        let ops = start_ops(common.metrics_addr, ready.clone(), stop.clone()).await?;
+        tracing::info!(service = name, addr = %ops.addr, "ops endpoint (metrics, health, ready) listening");
+        let vault = common.vault(name).await?;
+        let _ = connected.set(vault.clone());
+        vault.keep_token(stop.clone());
+        vault.register_metrics(&mut registry);
+        let rpc = common.rpc_config(name, &vault).await?;
         Ok(Self {
             name,
             common,
@@ -61,23 +89,18 @@ impl Service {
             rpc,
             rpc_metrics,
             registry,
-            stop: crate::shutdown::token_on_signal(),
+            stop,
             ready,
+            ops,
         })
     }
 
-    /// Starts the ops endpoint (metrics, health, ready) on the metrics address.
+    /// Publishes the metrics registered so far on the ops endpoint (which
+    /// has served `/health` and `/ready` since start-up); returns its address.
     pub async fn serve_ops(&mut self) -> anyhow::Result<SocketAddr> {
         let registry = std::mem::take(&mut self.registry);
-        let (addr, _task) = serve_ops(
-            self.common.metrics_addr,
-            registry,
-            self.ready.clone(),
-            self.stop.clone(),
-        )
-        .await?;
-        tracing::info!(service = self.name, %addr, "ops endpoint (metrics, health, ready) listening");
-        Ok(addr)
+        self.ops.publish(registry);
+        Ok(self.ops.addr)
     }
 }
 

@@ -22,17 +22,14 @@ mod store;
 pub use error::QueryError;
 pub use handlers::{MAX_BUCKET_SECS, Query};
 pub use metrics::QueryMetrics;
-pub use store::{ListFilter, SeriesFilter, Sql, Store};
+pub use store::{ListFilter, MARKED_SHARE, SeriesFilter, Sql, Store, rollup_hours};
 
 use anyhow::Context as _;
 use platform::config::CommonArgs;
-use platform::db::{DatabaseArgs, DatabaseCredentials};
+use platform::db::DatabaseArgs;
 use platform::rpc::RpcServer;
 use platform::s3::{EvidenceStore, S3Args, S3Credentials};
 use platform::service::Service;
-use serde::Deserialize;
-use sqlx::postgres::PgPoolOptions;
-use std::time::Duration;
 
 /// The service name (logs, metrics, Vault paths).
 pub const SERVICE: &str = "query";
@@ -68,16 +65,6 @@ pub struct QueryArgs {
     pub statement_timeout_ms: u64,
 }
 
-/// The `database` secret of the query service: a login to the ingest
-/// database, which it names.
-#[derive(Deserialize)]
-struct DatabaseSecret {
-    #[serde(flatten)]
-    login: DatabaseCredentials,
-    /// The database the login is for (the ingest database).
-    database: Option<String>,
-}
-
 /// A started query service, ready to serve.
 pub struct Application {
     svc: Service,
@@ -91,32 +78,27 @@ impl Application {
     /// evidence store, ops endpoint.
     pub async fn build(args: QueryArgs) -> anyhow::Result<Self> {
         let mut svc = Service::bootstrap(SERVICE, args.common).await?;
-        let secret: DatabaseSecret = svc
-            .vault
-            .read("database")
-            .await
-            .context("reading the database credentials")?;
-        if let Some(named) = &secret.database {
-            anyhow::ensure!(
-                *named == args.database.database_name,
-                "the database secret is a login for {named}, but --database-name is {}",
-                args.database.database_name
-            );
-        }
         let s3_creds: S3Credentials = svc
             .vault
             .read("s3")
             .await
             .context("reading the S3 credentials")?;
         let store = Store::new(
-            connect(&args.database, &secret.login, args.statement_timeout_ms)
+            connect(&args.database, &svc.vault, args.statement_timeout_ms)
                 .await
                 .context("connecting to the ingest database")?,
         );
         store.check_read_only().await?;
         let evidence = EvidenceStore::new(&args.s3, &s3_creds);
+        let pool = store.pool().clone();
+        svc.ready
+            .add_check("database", platform::ops::postgres_check(pool.clone()));
+        svc.ready
+            .add_check("s3", platform::ops::s3_bucket_check(evidence.clone()));
+        platform::db_metrics::register_sqlx(&mut svc.registry, SERVICE, pool);
         let metrics = QueryMetrics::register(&mut svc.registry);
-        let server = handlers::server(Query::new(store.clone(), evidence, metrics));
+        let server =
+            handlers::server(Query::new(store.clone(), evidence, metrics)).gated(svc.vault.gate());
         svc.serve_ops().await?;
         Ok(Self { svc, store, server })
     }
@@ -136,23 +118,20 @@ impl Application {
     }
 }
 
-/// The pool: `platform::db::connect` waits for the server and proves the
-/// login; the pool then used sets two session defaults on every connection
-/// — read-only transactions (a second wall behind the grants) and the
-/// statement timeout.
+/// The pool (see `platform::db::connect_managed`: it waits for the server,
+/// proves the login and, for a leased one, keeps it fresh) with two session
+/// defaults on every connection — read-only transactions (a second wall
+/// behind the grants) and the statement timeout.
 async fn connect(
     args: &DatabaseArgs,
-    creds: &DatabaseCredentials,
+    vault: &platform::vault::Vault,
     statement_timeout_ms: u64,
 ) -> anyhow::Result<sqlx::PgPool> {
-    let probe = platform::db::connect(SERVICE, args, creds).await?;
-    let options = (*probe.connect_options()).clone().options([
-        ("default_transaction_read_only", "on".to_owned()),
-        ("statement_timeout", statement_timeout_ms.to_string()),
-    ]);
-    probe.close().await;
-    Ok(PgPoolOptions::new()
-        .max_connections(args.database_pool_size.max(1))
-        .acquire_timeout(Duration::from_millis(args.database_acquire_timeout_ms))
-        .connect_lazy_with(options))
+    platform::db::connect_managed(SERVICE, args, vault, move |options| {
+        options.options([
+            ("default_transaction_read_only", "on".to_owned()),
+            ("statement_timeout", statement_timeout_ms.to_string()),
+        ])
+    })
+    .await
 }

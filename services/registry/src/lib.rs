@@ -62,8 +62,11 @@ impl Application {
             .run(&pool)
             .await
             .context("migrating the registry database")?;
+        svc.ready
+            .add_check("database", platform::ops::postgres_check(pool.clone()));
+        platform::db_metrics::register_sqlx(&mut svc.registry, SERVICE, pool.clone());
         let store = Store::new(pool);
-        let server = handlers::server(Registry::new(store.clone(), clock));
+        let server = handlers::server(Registry::new(store.clone(), clock)).gated(svc.vault.gate());
         svc.serve_ops().await?;
         Ok(Self { svc, store, server })
     }

@@ -11,13 +11,14 @@
 //! with backoff; see `docs/rpc.md` for the design and its guarantees.
 
 mod client;
+mod dead_letter;
 mod link;
 pub mod metrics;
 mod server;
 
 pub use client::{CallOptions, RpcClient};
 pub use metrics::RpcMetrics;
-pub use server::{RequestContext, RpcServer, RpcServerBuilder, ServerOptions};
+pub use server::{Gate, RequestContext, RpcServer, RpcServerBuilder, ServerOptions};
 
 use crate::amqp::BrokerUri;
 use rpc_contracts::Topology;

@@ -63,6 +63,9 @@ pub struct ServerOptions {
     pub delivery_limit: u32,
     /// How long in-flight requests may take to finish at shutdown.
     pub drain_timeout: Duration,
+    /// How often the dead-letter queue's depth is read
+    /// (`tallyhouse_rpc_dead_letter_messages`).
+    pub dead_letter_sample_interval: Duration,
 }
 
 impl Default for ServerOptions {
@@ -71,6 +74,7 @@ impl Default for ServerOptions {
             prefetch: 64,
             delivery_limit: 5,
             drain_timeout: Duration::from_secs(20),
+            dead_letter_sample_interval: Duration::from_secs(15),
         }
     }
 }
@@ -178,6 +182,7 @@ impl RpcServerBuilder {
                 handlers: self.handlers,
                 options: self.options,
                 instance: self.instance.into(),
+                gate: None,
             }),
         }
     }
@@ -188,7 +193,13 @@ struct Shared {
     handlers: HashMap<&'static str, Handler>,
     options: ServerOptions,
     instance: Arc<str>,
+    gate: Option<Gate>,
 }
+
+/// Asked before every call: `Some(error)` refuses the call with that error
+/// without running its handler (e.g. the service's leased secrets expired
+/// while Vault was away: see [`crate::vault::Vault::gate`]).
+pub type Gate = Arc<dyn Fn() -> Option<RpcError> + Send + Sync>;
 
 /// A server for one service queue; see [`RpcServer::builder`].
 pub struct RpcServer {
@@ -196,6 +207,17 @@ pub struct RpcServer {
 }
 
 impl RpcServer {
+    /// Refuses calls with the gate's error while it returns one.
+    ///
+    /// # Panics
+    /// If the server is already running (gates are set before `run`).
+    pub fn gated(mut self, gate: Gate) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("gates are set before the server runs")
+            .gate = Some(gate);
+        self
+    }
+
     /// Starts describing the server of `service`.
     pub fn builder(service: ServiceQueue) -> RpcServerBuilder {
         RpcServerBuilder {
@@ -357,6 +379,16 @@ async fn server_session(
     let to = config.op_timeout;
     let channel = guard("channel.open", to, conn.create_channel()).await?;
     let queue = declare_topology(&channel, &shared, &config).await?;
+    let dlq = config.topology.dead_letter_queue(shared.service);
+    let _dead_letters = crate::rpc::dead_letter::spawn_sampler(
+        conn.clone(),
+        dlq.clone(),
+        metrics
+            .dead_letter_messages
+            .get_or_create_owned(&crate::rpc::metrics::QueueLabels { queue: dlq }),
+        shared.options.dead_letter_sample_interval,
+        to,
+    );
     guard(
         "basic.qos",
         to,
@@ -482,15 +514,17 @@ async fn handle(
         let started = Instant::now();
         let _in_flight = metrics.server.in_flight(method);
         let remaining = Duration::from_millis(deadline_ms.map_or(60_000, |d| d - now_ms));
-        let (handled, panicked) = match entry {
-            None => (
+        let refusal = shared.gate.as_ref().and_then(|gate| gate());
+        let (handled, panicked) = match (entry, refusal) {
+            (None, _) => (
                 error_reply(RpcError::new(
                     ErrorCode::UnknownMethod,
                     format!("{} is not served here", delivery.routing_key),
                 )),
                 false,
             ),
-            Some((method, handler)) => {
+            (Some(_), Some(refusal)) => (error_reply(refusal), false),
+            (Some((method, handler)), None) => {
                 let ctx = RequestContext {
                     method,
                     trace_id: trace_id.clone(),
