@@ -16,6 +16,16 @@
 # whenever one of those secrets or the set of workers changes: a rotated
 # password reaches PostgreSQL this way. New workers hold no shards until
 # they are rebalanced (docs/operations.md).
+#
+# The services log in with logins leased from Vault's database secrets
+# engine (pulumi/application, secrets.json `database_engine`): new roles on
+# the coordinator, members of the service's stable role tallyhouse_<service>,
+# which every session switches to. Those stable roles keep the password of
+# the service's KV `database` secret: Citus logs in to the workers as them
+# (pg_dist_authinfo), and a service without the engine uses it. The engine
+# itself logs in as tallyhouse_vault, which the provisioner creates on the
+# coordinator once, with the password of its KV secret, and never alters
+# afterwards: Vault owns that password (rotate-root).
 
 variable "datacenters" {
   description = "Nomad datacenters the job may run in."
@@ -506,8 +516,11 @@ job "citus" {
       }
 
       env {
-        PGPASSFILE     = "${NOMAD_SECRETS_DIR}/pgpass"
+        PGPASSFILE        = "${NOMAD_SECRETS_DIR}/pgpass"
         PGCONNECT_TIMEOUT = "5"
+        # The stable roles whose members the database secrets engine creates
+        # (one per role of secrets.json's database_engine).
+        LEASED_GROUP_ROLES = "tallyhouse_registry tallyhouse_ingest tallyhouse_query tallyhouse_auth"
       }
 
       # The superuser's password for every node (libpq's password file).
@@ -537,6 +550,15 @@ job "citus" {
         {{ with secret "secret/data/tallyhouse-cluster/ingest-migrate/database_owner" }}{{ .Data.data.username }} {{ .Data.data.password }} tallyhouse_ingest{{ end }}
         {{ with secret "secret/data/tallyhouse-cluster/postgres/monitor" }}{{ .Data.data.username }} {{ .Data.data.password }} -{{ end }}
         EOT
+      }
+
+      # The login of Vault's database secrets engine: "<role> <password>".
+      # Used only to create the role (Vault rotates the password afterwards).
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/vault-admin"
+        change_mode = "noop"
+        perms       = "0600"
+        data        = "{{ with secret \"secret/data/tallyhouse-cluster/postgres/vault_admin\" }}{{ .Data.data.username }} {{ .Data.data.password }}{{ end }}\n"
       }
 
       template {
@@ -606,9 +628,31 @@ job "citus" {
           echo "CREATE EXTENSION IF NOT EXISTS citus;" > "$NOMAD_TASK_DIR/ext.sql"
           sql "$host" "$port" tallyhouse_ingest "$NOMAD_TASK_DIR/ext.sql"
         done
+        # The database secrets engine's login, on the coordinator only (the
+        # leased logins live there; Citus reaches the workers as the stable
+        # roles): created once with CREATEROLE, NOINHERIT, then left to
+        # Vault. From PostgreSQL 16 on, CREATEROLE alone no longer lets it
+        # make members of other roles: it gets ADMIN on the stable roles,
+        # without INHERIT or SET (it cannot use their privileges).
+        read -r vault_admin vault_pw < "$NOMAD_SECRETS_DIR/vault-admin"
+        [ -n "$vault_admin" ] || { echo "no vault_admin secret in Vault"; exit 1; }
+        admin_sql="$NOMAD_SECRETS_DIR/vault-admin.sql"
+        {
+          echo "SET log_statement = 'none';"
+          echo "\\set role '$vault_admin'"
+          echo "\\set pw '$vault_pw'"
+          echo "SELECT format('CREATE ROLE %I LOGIN CREATEROLE NOINHERIT PASSWORD %L', :'role', :'pw') WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \\gexec"
+          echo "SELECT current_setting('server_version_num')::int >= 160000 AS pg16 \\gset"
+          echo "\\if :pg16"
+          for group in $LEASED_GROUP_ROLES; do
+            echo "SELECT format('GRANT %I TO %I WITH ADMIN TRUE, INHERIT FALSE, SET FALSE', '$group', :'role') \\gexec"
+          done
+          echo "\\endif"
+        } > "$admin_sql"
+        read -r chost cport <<<"$coord"
+        sql "$chost" "$cport" postgres "$admin_sql"
         # The coordinator's metadata: itself, every worker, and how Citus
         # logs in to the workers for each role (pg_dist_authinfo, synced).
-        read -r chost cport <<<"$coord"
         meta_sql="$NOMAD_SECRETS_DIR/metadata.sql"
         {
           echo "SET log_statement = 'none';"
@@ -623,7 +667,7 @@ job "citus" {
           done < <(cat "$NOMAD_SECRETS_DIR/roles"; awk -F: '{ print $4 " " $5 " -" }' "$PGPASSFILE")
         } > "$meta_sql"
         sql "$chost" "$cport" tallyhouse_ingest "$meta_sql"
-        rm -f "$roles_sql" "$dbs_sql" "$meta_sql"
+        rm -f "$roles_sql" "$dbs_sql" "$admin_sql" "$meta_sql"
         echo "Citus provisioned: coordinator $chost, $${#workers[@]} worker(s)"
         exec sleep 2147483647
         EOT

@@ -1,9 +1,10 @@
 # The auth service: back-office users, Argon2id logins, access tokens and
 # the audit trail in its own PostgreSQL database (tallyhouse_auth on the
 # Citus coordinator, plain tables), served over RPC; it migrates at start-up.
-# It reads its broker and database credentials and its token signing key
-# from Vault itself; the templates render only where the brokers and the
-# database are, and the versions of its secrets.
+# It reads its broker credentials and its token signing key from Vault
+# itself and leases its database logins from Vault's database secrets engine
+# (role tallyhouse-auth); the templates render only where the brokers and
+# the database are, and the versions of its KV secrets.
 
 variable "datacenters" {
   description = "Nomad datacenters the job may run in."
@@ -137,10 +138,16 @@ job "auth" {
       }
 
       env {
-        VAULT_ADDR              = var.vault_addr
-        TALLYHOUSE_ENVIRONMENT  = var.environment
-        TALLYHOUSE_METRICS_ADDR = "0.0.0.0:9184"
+        VAULT_ADDR               = var.vault_addr
+        TALLYHOUSE_ENVIRONMENT   = var.environment
+        TALLYHOUSE_METRICS_ADDR  = "0.0.0.0:9184"
         TALLYHOUSE_DATABASE_NAME = "tallyhouse_auth"
+        # Database logins leased from Vault's database secrets engine, each
+        # a member of tallyhouse_auth: every session switches to that stable
+        # role (its grants, its objects). The KV `database` secret is not read.
+        TALLYHOUSE_DATABASE_VAULT_ROLE  = "tallyhouse-auth"
+        TALLYHOUSE_DATABASE_VAULT_MOUNT = "database"
+        TALLYHOUSE_DATABASE_GROUP_ROLE  = "tallyhouse_auth"
       }
 
       template {
@@ -162,7 +169,6 @@ job "auth" {
         splay       = "2m"
         data        = <<-EOT
         amqp={{ with secret "secret/data/tallyhouse/auth/amqp" }}{{ .Data.metadata.version }}{{ end }}
-        database={{ with secret "secret/data/tallyhouse/auth/database" }}{{ .Data.metadata.version }}{{ end }}
         jwt_key={{ with secret "secret/data/tallyhouse/auth/jwt_key" }}{{ .Data.metadata.version }}{{ end }}
         EOT
       }

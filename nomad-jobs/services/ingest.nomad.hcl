@@ -3,10 +3,11 @@
 #
 # Each allocation first runs `ingest migrate` (a prestart task) with the
 # owner of the ingest database, a deploy-time credential of its own Vault
-# identity (`tallyhouse-cluster-ingest-migrate`, pulumi/application/
-# cluster-secrets.json) rendered into the migrate task's secrets directory
-# only; then `ingest serve` runs as the service role, which may only SELECT
-# and INSERT. Migrations are idempotent and take a lock, so instances
+# identity (`tallyhouse-cluster-ingest-migrate`, the `cluster` part of
+# deployment/vault/secrets.json) rendered into the migrate task's secrets
+# directory only; then `ingest serve` runs as the service role, which may
+# only SELECT and INSERT: its logins are leased from Vault's database secrets
+# engine (role tallyhouse-ingest), members of that role. Migrations are idempotent and take a lock, so instances
 # starting together are safe. The ingest-partitions batch job runs the same
 # command daily to keep partitions ahead (nomad-jobs/batch/).
 
@@ -229,6 +230,12 @@ job "ingest" {
         TALLYHOUSE_AUDIENCE      = var.audience
         TALLYHOUSE_DATABASE_NAME = "tallyhouse_ingest"
         TALLYHOUSE_S3_BUCKET     = "tallyhouse-evidence"
+        # Database logins leased from Vault's database secrets engine, each
+        # a member of tallyhouse_ingest: every session switches to that stable
+        # role (its grants, its objects). The KV `database` secret is not read.
+        TALLYHOUSE_DATABASE_VAULT_ROLE  = "tallyhouse-ingest"
+        TALLYHOUSE_DATABASE_VAULT_MOUNT = "database"
+        TALLYHOUSE_DATABASE_GROUP_ROLE  = "tallyhouse_ingest"
         # Signature checks at once: the cores this task is given, not the host's.
         TALLYHOUSE_VERIFY_CONCURRENCY = "2"
       }
@@ -252,7 +259,6 @@ job "ingest" {
         splay       = "2m"
         data        = <<-EOT
         amqp={{ with secret "secret/data/tallyhouse/ingest/amqp" }}{{ .Data.metadata.version }}{{ end }}
-        database={{ with secret "secret/data/tallyhouse/ingest/database" }}{{ .Data.metadata.version }}{{ end }}
         s3={{ with secret "secret/data/tallyhouse/ingest/s3" }}{{ .Data.metadata.version }}{{ end }}
         receipt_key={{ with secret "secret/data/tallyhouse/ingest/receipt_key" }}{{ .Data.metadata.version }}{{ end }}
         EOT

@@ -2,8 +2,10 @@
 # ingest database (tallyhouse_ingest on the Citus coordinator) with its own
 # role, which `ingest migrate --reader-role` grants SELECT only, and the
 # evidence bucket in MinIO with a read-only key. It reads its credentials
-# from Vault itself; the templates render only where the brokers, the
-# database and MinIO are, and the versions of its secrets.
+# from Vault itself, its database logins leased from Vault's database
+# secrets engine (role tallyhouse-query: members of tallyhouse_query); the
+# templates render only where the brokers, the database and MinIO are, and
+# the versions of its KV secrets.
 
 variable "datacenters" {
   description = "Nomad datacenters the job may run in."
@@ -141,6 +143,12 @@ job "query" {
         TALLYHOUSE_METRICS_ADDR  = "0.0.0.0:9183"
         TALLYHOUSE_DATABASE_NAME = "tallyhouse_ingest"
         TALLYHOUSE_S3_BUCKET     = "tallyhouse-evidence"
+        # Database logins leased from Vault's database secrets engine, each
+        # a member of tallyhouse_query: every session switches to that stable
+        # role (its grants, its objects). The KV `database` secret is not read.
+        TALLYHOUSE_DATABASE_VAULT_ROLE  = "tallyhouse-query"
+        TALLYHOUSE_DATABASE_VAULT_MOUNT = "database"
+        TALLYHOUSE_DATABASE_GROUP_ROLE  = "tallyhouse_query"
       }
 
       template {
@@ -162,7 +170,6 @@ job "query" {
         splay       = "2m"
         data        = <<-EOT
         amqp={{ with secret "secret/data/tallyhouse/query/amqp" }}{{ .Data.metadata.version }}{{ end }}
-        database={{ with secret "secret/data/tallyhouse/query/database" }}{{ .Data.metadata.version }}{{ end }}
         s3={{ with secret "secret/data/tallyhouse/query/s3" }}{{ .Data.metadata.version }}{{ end }}
         EOT
       }

@@ -1,8 +1,10 @@
 # The registry: submitters and their public keys in its own PostgreSQL
 # database (tallyhouse_registry on the Citus coordinator, plain tables), served
-# over RPC. It runs its migrations at start-up. It reads its broker and
-# database credentials from Vault itself; the templates render only where
-# the brokers and the database are, and the versions of its secrets.
+# over RPC. It runs its migrations at start-up. It reads its broker
+# credentials from Vault itself and leases its database logins from Vault's
+# database secrets engine (role tallyhouse-registry), renewing or replacing
+# them before they expire; the templates render only where the brokers and
+# the database are, and the versions of its KV secrets.
 
 variable "datacenters" {
   description = "Nomad datacenters the job may run in."
@@ -135,10 +137,16 @@ job "registry" {
       }
 
       env {
-        VAULT_ADDR              = var.vault_addr
-        TALLYHOUSE_ENVIRONMENT  = var.environment
-        TALLYHOUSE_METRICS_ADDR = "0.0.0.0:9181"
+        VAULT_ADDR               = var.vault_addr
+        TALLYHOUSE_ENVIRONMENT   = var.environment
+        TALLYHOUSE_METRICS_ADDR  = "0.0.0.0:9181"
         TALLYHOUSE_DATABASE_NAME = "tallyhouse_registry"
+        # Database logins leased from Vault's database secrets engine, each
+        # a member of tallyhouse_registry: every session switches to that stable
+        # role (its grants, its objects). The KV `database` secret is not read.
+        TALLYHOUSE_DATABASE_VAULT_ROLE  = "tallyhouse-registry"
+        TALLYHOUSE_DATABASE_VAULT_MOUNT = "database"
+        TALLYHOUSE_DATABASE_GROUP_ROLE  = "tallyhouse_registry"
       }
 
       template {
@@ -160,7 +168,6 @@ job "registry" {
         splay       = "2m"
         data        = <<-EOT
         amqp={{ with secret "secret/data/tallyhouse/registry/amqp" }}{{ .Data.metadata.version }}{{ end }}
-        database={{ with secret "secret/data/tallyhouse/registry/database" }}{{ .Data.metadata.version }}{{ end }}
         EOT
       }
 

@@ -1,6 +1,7 @@
 """The application program under Pulumi's mocks: every task of each
 Pulumi.<env>.yaml becomes a Nomad job with its tag, count and resources;
-Vault gets exactly the policies, roles and secrets of the source of truth."""
+Vault gets exactly the policies, roles, secrets and database engine roles of
+the source of truth (deployment/vault/secrets.json)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from conftest import PULUMI_DIR, STACKS
 from harness import of_type, run_program, stack_config
 from tallyhouse_app import jobspec, program
-from tallyhouse_app.model import NOMAD_JOBS, SERVICES_SECRETS, SecretsModel, parse_tasks
+from tallyhouse_app.model import NOMAD_JOBS, SECRETS_JSON, SecretsModel, duration_secs, parse_tasks
 
 PROJECT = "tallyhouse-application"
 NS = f"{PROJECT}:"
@@ -98,19 +99,29 @@ def test_every_vault_policy_path_exists_in_the_secrets_source_of_truth(stack, mo
     _, _, resources = stack
     policies = {r.inputs["name"]: r.inputs["policy"] for r in of_type(resources, "vault:index/policy:Policy")}
     secrets = model.secrets()
-    doc = json.loads(SERVICES_SECRETS.read_text())
-    # secrets.json's own rule, restated: the policy of S reads <mount>/data/<prefix>/S/* only.
-    for svc in doc["services"]:
+    doc = json.loads(SECRETS_JSON.read_text())
+    engine = doc["database_engine"]
+    # secrets.json's own rule, restated: the policy of S reads
+    # <mount>/data/<prefix>/S/* and, if S reads `database`, its own leased
+    # logins <engine mount>/creds/<policy_prefix>S; nothing else.
+    for svc, spec in doc["services"].items():
         role = f"{doc['policy_prefix']}{svc}"
-        assert policy_paths(policies[role]) == [f"{doc['kv_mount']}/data/{doc['prefix']}/{svc}/*"]
+        expected = [f"{doc['kv_mount']}/data/{doc['prefix']}/{svc}/*"]
+        if "database" in spec["reads"]:
+            expected.append(f"{engine['mount']}/creds/{role}")
+        assert policy_paths(policies[role]) == expected, role
     assert set(policies) == set(model.identities())
+    creds = {r["name"]: r for r in _database_roles(resources)}
     for role, hcl in policies.items():
         paths = policy_paths(hcl)
         assert paths, f"{role}: a policy without paths"
         assert set(re.findall(r"capabilities = \[([^\]]*)\]", hcl)) == {'"read"'}, f"{role}: read only"
         for pattern in paths:
+            if pattern.startswith(f"{engine['mount']}/creds/"):
+                assert pattern.rsplit("/", 1)[1] in creds, f"{role}: {pattern} is no role of the database engine"
+                continue
             matched = [p for p in secrets if _matches(p, pattern)]
-            assert matched, f"{role}: {pattern} matches no secret of secrets.json or cluster-secrets.json"
+            assert matched, f"{role}: {pattern} matches no secret of secrets.json"
 
 
 def _matches(path: str, pattern: str) -> bool:
@@ -130,7 +141,7 @@ def test_every_secret_is_written_with_its_fields(stack, model):
     for path, secret in secrets.items():
         assert set(written[path]) == set(secret.fields), path
         assert all(isinstance(v, str) and v for v in written[path].values()), f"{path}: an empty value"
-    doc = json.loads(SERVICES_SECRETS.read_text())
+    doc = json.loads(SECRETS_JSON.read_text())
     amqp = {json.dumps(written[p]) for p, s in secrets.items() if s.kind == "amqp"}
     assert len(amqp) == 1, "one shared RabbitMQ user (secrets.json: amqp)"
     query_db = written[f"{doc['kv_mount']}/data/{doc['prefix']}/query/database"]
@@ -156,12 +167,153 @@ def test_each_task_logs_in_with_a_role_bound_to_its_job_and_task(stack, model):
     assert [b.inputs["jwksUrl"] for b in backends] == [stack[1][f"{NS}nomadJwksUrl"]]
 
 
-def test_the_operator_cli_gets_an_approle_not_a_workload_identity(stack):
+def test_every_service_and_the_cli_get_an_approle_with_only_their_own_policy(stack, model):
     _, _, resources = stack
-    approles = [r.inputs for r in of_type(resources, "vault:appRole/authBackendRole:AuthBackendRole")]
-    assert [a["roleName"] for a in approles] == ["tallyhouse-cli"]
-    assert approles[0]["tokenPolicies"] == ["tallyhouse-cli"]
-    assert approles[0]["secretIdNumUses"] == 1
+    doc = json.loads(SECRETS_JSON.read_text())
+    approles = {
+        r.inputs["roleName"]: r.inputs for r in of_type(resources, "vault:appRole/authBackendRole:AuthBackendRole")
+    }
+    assert set(approles) == {f"{doc['policy_prefix']}{svc}" for svc in doc["services"]}
+    (backend,) = of_type(resources, "vault:index/authBackend:AuthBackend")
+    assert backend.inputs["type"] == "approle" and backend.inputs["path"] == doc["approle"]["mount"]
+    for role, spec in approles.items():
+        assert spec["tokenPolicies"] == [role], f"{role}: its own policy only"
+        assert spec["backend"] == doc["approle"]["mount"]
+        assert spec["tokenTtl"] == duration_secs(doc["approle"]["token_ttl"])
+        assert spec["tokenMaxTtl"] == duration_secs(doc["approle"]["token_max_ttl"])
+        assert 0 < spec["secretIdTtl"] <= 24 * 3600, f"{role}: secret ids expire"
+    # The CLI's secret ids serve one login; a service logs in again with its
+    # own when its token cannot be renewed.
+    assert approles["tallyhouse-cli"]["secretIdNumUses"] == 1
+    for svc in model.service_processes():
+        assert approles[f"{doc['policy_prefix']}{svc}"]["secretIdNumUses"] == 0
+
+
+def test_the_operator_cli_gets_no_workload_identity(stack):
+    _, _, resources = stack
+    roles = {r.inputs["roleName"] for r in of_type(resources, "vault:jwt/authBackendRole:AuthBackendRole")}
+    assert "tallyhouse-cli" not in roles
+
+
+# --- the database secrets engine -------------------------------------------------------
+
+DB_MOUNT = "vault:index/mount:Mount"
+DB_CONNECTION = "vault:database/secretBackendConnection:SecretBackendConnection"
+DB_ROLE = "vault:database/secretBackendRole:SecretBackendRole"
+
+
+def _database_roles(resources) -> list[dict]:
+    return [r.inputs for r in of_type(resources, DB_ROLE)]
+
+
+def test_the_database_engine_is_mounted_where_secrets_json_says(stack):
+    _, _, resources = stack
+    engine = json.loads(SECRETS_JSON.read_text())["database_engine"]
+    mounts = [r.inputs for r in of_type(resources, DB_MOUNT) if r.inputs["type"] == "database"]
+    assert [m["path"] for m in mounts] == [engine["mount"]]
+
+
+def test_the_engine_connects_to_the_coordinator_as_its_admin_role_with_the_generated_password(stack, model):
+    _, config, resources = stack
+    doc = json.loads(SECRETS_JSON.read_text())
+    engine = doc["database_engine"]
+    (conn,) = [r.inputs for r in of_type(resources, DB_CONNECTION)]
+    assert conn["name"] == engine["connection"] and conn["backend"] == engine["mount"]
+    assert sorted(conn["allowedRoles"]) == sorted(f"{doc['policy_prefix']}{s}" for s in model.readers_of("database"))
+    pg = conn["postgresql"]
+    assert pg["username"] == engine["admin_role"]
+    assert pg["connectionUrl"] == (
+        f"postgresql://{{{{username}}}}:{{{{password}}}}@{config[f'{NS}databaseAddress']}/postgres?sslmode=disable"
+    )
+    assert pg["passwordAuthentication"] == "scram-sha-256", "Vault sends password verifiers, not passwords"
+    # The password is the one the KV secret of the admin login holds (the
+    # Citus provisioner creates the role with it).
+    written = {
+        f"{r.inputs['mount']}/data/{r.inputs['name']}": json.loads(r.inputs["dataJson"])
+        for r in of_type(resources, "vault:kv/secretV2:SecretV2")
+    }
+    admin = written[model.database_engine().admin_secret]
+    assert admin["username"] == engine["admin_role"]
+    assert pg["password"] == admin["password"] and len(pg["password"]) >= 32
+
+
+def test_one_engine_role_per_service_reading_database_member_of_its_stable_role(stack, model):
+    _, _, resources = stack
+    doc = json.loads(SECRETS_JSON.read_text())
+    engine = doc["database_engine"]
+    roles = {r["name"]: r for r in _database_roles(resources)}
+    readers = [s for s, spec in doc["services"].items() if "database" in spec["reads"]]
+    assert set(roles) == {f"{doc['policy_prefix']}{s}" for s in readers}
+    assert {"tallyhouse-registry", "tallyhouse-ingest", "tallyhouse-query", "tallyhouse-auth"} <= set(roles)
+    for svc in readers:
+        role = roles[f"{doc['policy_prefix']}{svc}"]
+        group = f"tallyhouse_{svc}"
+        assert role["backend"] == engine["mount"] and role["dbName"] == engine["connection"]
+        assert role["creationStatements"] == [
+            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
+            f"VALID UNTIL '{{{{expiration}}}}' IN ROLE \"{group}\";"
+        ], svc
+        assert role["revocationStatements"] == ['DROP ROLE IF EXISTS "{{name}}";']
+        assert role["defaultTtl"] == duration_secs(engine["default_ttl"])
+        assert role["maxTtl"] == duration_secs(engine["max_ttl"])
+    # query reads ingest's database (database_of) with its own reader role.
+    assert 'IN ROLE "tallyhouse_query"' in roles["tallyhouse-query"]["creationStatements"][0]
+
+
+def test_each_policy_allows_only_its_own_leased_logins(stack, model):
+    _, _, resources = stack
+    policies = {r.inputs["name"]: r.inputs["policy"] for r in of_type(resources, "vault:index/policy:Policy")}
+    engine = model.database_engine()
+    creds = {r["name"]: f"{engine.mount}/creds/{r['name']}" for r in _database_roles(resources)}
+    for policy, hcl in policies.items():
+        patterns = policy_paths(hcl)
+        readable = {name for name, path in creds.items() if any(_matches(path, p) for p in patterns)}
+        assert readable == ({policy} if policy in creds else set()), f"{policy} may read {sorted(readable)}"
+
+
+def test_every_database_role_a_job_names_is_registered_and_readable_by_the_jobs_vault_role(stack, model):
+    _, _, resources = stack
+    roles = {r["name"] for r in _database_roles(resources)}
+    policies = {r.inputs["name"]: r.inputs["policy"] for r in of_type(resources, "vault:index/policy:Policy")}
+    engine = model.database_engine()
+    named = set()
+    for job in jobspec.load_all(NOMAD_JOBS).values():
+        for task in job.tasks:
+            role = task.env.get("TALLYHOUSE_DATABASE_VAULT_ROLE")
+            if not role:
+                continue
+            named.add(role)
+            assert role in roles, f"{job.name}/{task.name}: {role} is not registered"
+            creds = f"{engine.mount}/creds/{role}"
+            assert any(_matches(creds, p) for p in policy_paths(policies[task.vault_role])), (
+                f"{job.name}/{task.name}: {task.vault_role} may not read {creds}"
+            )
+    assert named == roles
+
+
+def test_the_engine_waits_for_citus_and_the_services_wait_for_the_engine(monkeypatch):
+    from tallyhouse_app import components
+
+    jobs: dict[str, list] = {}
+    engines: list[tuple[object, list]] = []
+
+    class SpyJob(components.NomadJob):
+        def __init__(self, name, args, opts=None):
+            super().__init__(name, args, opts)
+            jobs[name] = [self, list(args.depends_on)]
+
+    class SpyEngine(components.DatabaseSecretsEngine):
+        def __init__(self, name, args, opts=None):
+            super().__init__(name, args, opts)
+            engines.append((self, list(args.depends_on)))
+
+    monkeypatch.setattr(program, "NomadJob", SpyJob)
+    monkeypatch.setattr(program, "DatabaseSecretsEngine", SpyEngine)
+    run_program(PROJECT, "dev", stack_config(PULUMI_DIR / "application", "dev"), program.run)
+    ((engine, engine_deps),) = engines
+    assert jobs["citus"][0] in engine_deps, "the Citus provisioner creates the engine's admin role first"
+    for name in ("registry", "ingest", "query", "auth"):
+        assert engine in jobs[name][1], f"{name} starts once its database engine role exists"
 
 
 def test_signing_keys_are_p256(stack):

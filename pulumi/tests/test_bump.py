@@ -17,7 +17,20 @@ import bump_dev_tags  # noqa: E402
 def test_only_the_tallyhouse_tags_change_and_comments_stay():
     text = (PULUMI_DIR / "application" / "Pulumi.dev.yaml").read_text()
     out, changed = bump_dev_tags.bump(text, "sha-0123abc")
-    assert set(changed) == {"gateway", "registry", "ingest", "migrate", "query", "auth", "partitions"}
+    assert set(changed) == {
+        "gateway",
+        "registry",
+        "ingest",
+        "migrate",
+        "query",
+        "auth",
+        "partitions",
+        "partitions_ahead",
+        "columnar",
+        "seal",
+        "verify_seals",
+        "rollup",
+    }
     before, after = yaml.safe_load(text), yaml.safe_load(out)
     tasks_before = before["config"]["tallyhouse-application:tasks"]
     tasks_after = after["config"]["tallyhouse-application:tasks"]

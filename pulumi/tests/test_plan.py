@@ -75,8 +75,17 @@ def test_cluster_identities_read_only_what_they_need():
 
 
 def test_a_cluster_identity_cannot_reference_a_secret_that_does_not_exist():
-    model = SecretsModel.load()
-    cluster = copy.deepcopy(model.cluster_doc)
-    cluster["identities"]["minio"]["also_reads"].append("rabbitmq/root")
+    doc = copy.deepcopy(SecretsModel.load().doc)
+    doc["cluster"]["identities"]["minio"]["also_reads"].append("rabbitmq/root")
     with pytest.raises(ModelError, match="no cluster secret"):
-        SecretsModel(model.services_doc, cluster)
+        SecretsModel(doc)
+
+
+def test_leased_logins_are_readable_by_their_own_service_only():
+    model = SecretsModel.load()
+    engine = model.database_engine()
+    for name, role in engine.roles.items():
+        for ident in model.identities():
+            assert model.allows(ident, role.creds_path) == (ident == name), (ident, role.creds_path)
+    assert not model.allows("tallyhouse-gateway", "database/creds/tallyhouse-registry")
+    assert not model.allows("tallyhouse-cluster-postgres", "database/creds/tallyhouse-ingest")

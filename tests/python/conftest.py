@@ -36,7 +36,7 @@ def jobs() -> dict[str, jobspec.Job]:
 
 @pytest.fixture(scope="session")
 def model() -> SecretsModel:
-    """deployment/vault/secrets.json and pulumi/application/cluster-secrets.json."""
+    """deployment/vault/secrets.json (the services' and the cluster's secrets)."""
     return SecretsModel.load()
 
 

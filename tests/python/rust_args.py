@@ -150,6 +150,24 @@ def _parse_field(item: str) -> Field | None:
     )
 
 
+def _type_name(typ: str) -> str:
+    """The struct a field's type names: `limits::HttpLimitArgs` and
+    `Box<x::Args>` are `HttpLimitArgs` and `Args`."""
+    inner = re.sub(r"^Box<\s*(.*?)\s*>$", r"\1", typ)
+    return re.sub(r"<.*", "", inner).rsplit("::", 1)[-1].strip()
+
+
+_TEST_MODULE = re.compile(r"#\[cfg\(test\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+\w+\s*\{")
+
+
+def _without_test_modules(src: str) -> str:
+    """`src` without its `#[cfg(test)] mod … { … }` blocks (a test's own
+    `Parser` is no binary's root)."""
+    while m := _TEST_MODULE.search(src):
+        src = src[: m.start()] + src[_balanced(src, m.end() - 1, "{", "}") :]
+    return src
+
+
 def _kebab(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
 
@@ -158,7 +176,7 @@ def scan_crate(name: str, src_dir: Path) -> Crate:
     """The argument structs and binary roots of one crate."""
     crate = Crate(name=name)
     for path in sorted(src_dir.rglob("*.rs")):
-        src = _strip_comments(path.read_text())
+        src = _without_test_modules(_strip_comments(path.read_text()))
         for m in _ITEM.finditer(src):
             derive = m.group("derive")
             if not re.search(r"\b(Args|Parser|Subcommand)\b", derive):
@@ -210,7 +228,7 @@ class Workspace:
             st = stack.pop()
             for f in st.fields:
                 if f.flatten:
-                    stack.append(self.struct(st.crate, re.sub(r"\W.*", "", f.type)))
+                    stack.append(self.struct(st.crate, _type_name(f.type)))
                 else:
                     out.append(f)
         return out

@@ -18,6 +18,11 @@ from tallyhouse_app import jobspec
 #: Environment variables Nomad itself gives a task with a `vault` block.
 NOMAD_PROVIDED = {"VAULT_TOKEN"}
 
+#: The flags of services/platform/src/db.rs that select leased logins.
+DATABASE_VAULT_ROLE = "TALLYHOUSE_DATABASE_VAULT_ROLE"
+DATABASE_VAULT_MOUNT = "TALLYHOUSE_DATABASE_VAULT_MOUNT"
+DATABASE_GROUP_ROLE = "TALLYHOUSE_DATABASE_GROUP_ROLE"
+
 #: Runtime references Nomad resolves itself in a job file (everything else
 #: written `${...}` is an HCL2 interpolation, i.e. a bug in a shell script).
 _RUNTIME_REF = re.compile(r"^(var\.|NOMAD_|node\.|attr\.|meta\.)")
@@ -341,9 +346,63 @@ def test_service_roles_match_secrets_json(jobs, services, secrets_json):
             for p in t.secret_paths
             if p.startswith(f"{mount}/data/{kv}/{name}/")
         }
-        assert watched == set(secrets_json["services"][name]["reads"]), (
-            f"{name}: a rotated secret must restart it: watch every kind it reads"
+        reads = set(secrets_json["services"][name]["reads"])
+        # Leased database logins are renewed and replaced by the service
+        # itself: the KV `database` secret is only the fallback without the
+        # engine, and a change of it must not restart the task.
+        leased = {"database"} if DATABASE_VAULT_ROLE in main.env else set()
+        assert watched == reads - leased, (
+            f"{name}: a rotated secret must restart it: watch every KV kind it reads"
         )
+
+
+def test_services_reading_database_lease_their_logins_from_the_engine(jobs, services, model):
+    engine = model.database_engine()
+    assert engine is not None, "secrets.json: database_engine"
+    for name in services:
+        main = next(t for t in jobs[name].tasks if t.name == name)
+        role = model.database_role_of(name)
+        if role is None:
+            assert not {DATABASE_VAULT_ROLE, DATABASE_GROUP_ROLE} & set(main.env), f"{name} reads no database"
+            continue
+        assert main.env.get(DATABASE_VAULT_ROLE) == role.name, f"{name}: leases from its own role"
+        assert main.env.get(DATABASE_GROUP_ROLE) == role.group_role, f"{name}: sessions switch to {role.group_role}"
+        assert main.env.get(DATABASE_VAULT_MOUNT, "database") == engine.mount, f"{name}: the engine's mount"
+
+
+def test_every_database_role_a_job_uses_exists_and_its_vault_role_may_read_its_creds(jobs, model):
+    engine = model.database_engine()
+    used = set()
+    for job in jobs.values():
+        for task in job.tasks:
+            name = task.env.get(DATABASE_VAULT_ROLE)
+            if not name:
+                assert DATABASE_GROUP_ROLE not in task.env, f"{job.name}/{task.name}: a group role without leases"
+                continue
+            used.add(name)
+            assert name in engine.roles, f"{job.name}/{task.name}: {name} is no role of the database engine"
+            role = engine.roles[name]
+            assert model.allows(task.vault_role, role.creds_path), (
+                f"{job.name}/{task.name}: {task.vault_role} may not read {role.creds_path}"
+            )
+            others = [r.creds_path for n, r in engine.roles.items() if n != name]
+            assert not [p for p in others if model.allows(task.vault_role, p)], (
+                f"{job.name}/{task.name}: {task.vault_role} may read another service's logins"
+            )
+    assert used == set(engine.roles), "every role of the engine is used by the job of its service"
+
+
+def test_the_citus_provisioner_prepares_the_engines_admin_role(jobs, model):
+    engine = model.database_engine()
+    provisioner = next(t for t in jobs["citus"].tasks if t.name == "provisioner")
+    assert set(provisioner.env["LEASED_GROUP_ROLES"].split()) == {r.group_role for r in engine.roles.values()}
+    read = {p for t in provisioner.templates for p in t.secret_paths}
+    assert engine.admin_secret in read, "the provisioner creates the admin role with its first password"
+    assert model.secrets()[engine.admin_secret].spec["username"] == engine.admin_role
+    script = next(t.data for t in provisioner.templates if t.destination.endswith("provision.sh"))
+    assert "WITH ADMIN TRUE, INHERIT FALSE, SET FALSE" in script, "the admin role only manages memberships"
+    assert "LOGIN CREATEROLE NOINHERIT PASSWORD" in script, "the admin role uses no stable role's privileges"
+    assert "ALTER ROLE %I WITH LOGIN CREATEROLE" not in script, "Vault owns the admin role's password"
 
 
 def test_resource_jobs_apply_every_services_credentials(jobs, model):
@@ -365,11 +424,17 @@ def test_policies_are_read_only_and_narrow(model):
     for role, ident in model.identities().items():
         hcl = ident.policy_hcl()
         assert set(re.findall(r"capabilities = \[([^\]]*)\]", hcl)) == {'"read"'}, role
+        engine = model.database_engine()
         for path in ident.paths:
-            assert path.startswith(f"{model.mount}/data/"), path
+            assert path.startswith(f"{model.mount}/data/") or path.startswith(f"{engine.mount}/creds/"), path
             assert path.count("*") <= 1 and (not path.endswith("*") or path.endswith("/*")), path
         if ident.service:
-            assert ident.paths == (f"{model.mount}/data/{model.prefix}/{ident.name}/*",)
+            own = [f"{model.mount}/data/{model.prefix}/{ident.name}/*"]
+            if ident.name in model.readers_of("database"):
+                own.append(f"{engine.mount}/creds/{model.policy_prefix}{ident.name}")
+            assert list(ident.paths) == own, role
+        else:
+            assert not [p for p in ident.paths if p.startswith(f"{engine.mount}/")], f"{role}: no leased logins"
 
 
 # --- environment -------------------------------------------------------------------------

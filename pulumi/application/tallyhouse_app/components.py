@@ -1,6 +1,7 @@
 """The application's component resources: Vault access (policies, the
-workload-identity roles of the Nomad tasks, the operator CLI's AppRole), the
-secrets' values, and one Nomad job per file of nomad-jobs/."""
+workload-identity roles of the Nomad tasks, one AppRole per service), the
+secrets' values, Vault's database secrets engine (leased logins), and one
+Nomad job per file of nomad-jobs/."""
 
 from __future__ import annotations
 
@@ -14,8 +15,17 @@ import pulumi_vault as vault
 
 import pulumi
 
+from . import jobspec
 from .model import ModelError, Secret, SecretsModel
 from .plan import JobPlan
+
+#: The environment of a service task that reads leased database logins
+#: (services/platform/src/db.rs).
+DATABASE_VAULT_ROLE_ENV = "TALLYHOUSE_DATABASE_VAULT_ROLE"
+DATABASE_VAULT_MOUNT_ENV = "TALLYHOUSE_DATABASE_VAULT_MOUNT"
+DATABASE_GROUP_ROLE_ENV = "TALLYHOUSE_DATABASE_GROUP_ROLE"
+#: The default of TALLYHOUSE_DATABASE_VAULT_MOUNT in db.rs.
+DATABASE_VAULT_MOUNT_DEFAULT = "database"
 
 #: Fields whose value is generated (random), by field name.
 _RANDOM_FIELDS = {"password": 40, "secret_access_key": 40, "cookie": 64}
@@ -35,12 +45,14 @@ class VaultAccessArgs:
     nomad_jwks_url: pulumi.Input[str]
     #: Path of the JWT auth method of Nomad's workload identities.
     jwt_path: str = "jwt-nomad"
-    #: Path of the AppRole auth method (the operator CLI).
-    approle_path: str = "approle"
     #: Mount the KV v2 engine (False when the Vault cluster already has it).
     create_kv_mount: bool = True
     #: Token lifetime of the workload identities (Nomad renews them).
     token_period_secs: int = 3600
+    #: How long an AppRole secret id may be used to log in (a CI run or a
+    #: tool's session; a service process logs in again with it when its
+    #: token cannot be renewed).
+    secret_id_ttl_secs: int = 24 * 3600
 
 
 def bindings(plans: list[JobPlan]) -> dict[str, dict[str, set[str]]]:
@@ -57,7 +69,8 @@ def bindings(plans: list[JobPlan]) -> dict[str, dict[str, set[str]]]:
 
 
 class VaultAccess(pulumi.ComponentResource):
-    """Policies, the JWT roles Nomad tasks log in with, and the CLI's AppRole."""
+    """Policies, the JWT roles Nomad tasks log in with, and the AppRoles of
+    the services and the CLI (for use outside Nomad: CI, tools, operators)."""
 
     def __init__(self, name: str, args: VaultAccessArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("tallyhouse:application:VaultAccess", name, None, opts)
@@ -123,24 +136,29 @@ class VaultAccess(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[self.policies[role]]),
             )
 
-        # The identities that are no process (the operator CLI) log in with
-        # an AppRole; operators issue secret ids (docs/operations.md).
+        # Outside Nomad (CI, tools, the operator CLI) an identity of a service
+        # logs in with AppRole, with the same policy as its workload identity
+        # and the token lifetimes of secrets.json's `approle`. Operators issue
+        # the secret ids (docs/SECRETS_MANAGEMENT.md). The CLI's are single-use
+        # (one login per operator session); a service process logs in again
+        # with its secret id when its token cannot be renewed.
+        settings = args.model.approle()
         self.approle = vault.AuthBackend(
-            "approle", type="approle", path=args.approle_path, description="Tallyhouse operators", opts=child
+            "approle", type="approle", path=settings.mount, description="Tallyhouse outside Nomad", opts=child
         )
         self.approles: dict[str, vault.approle.AuthBackendRole] = {}
         for role, ident in identities.items():
-            if ident.process:
+            if not ident.service:
                 continue
             self.approles[role] = vault.approle.AuthBackendRole(
                 role,
                 backend=self.approle.path,
                 role_name=role,
                 token_policies=[role],
-                token_ttl=3600,
-                token_max_ttl=8 * 3600,
-                secret_id_ttl=24 * 3600,
-                secret_id_num_uses=1,
+                token_ttl=settings.token_ttl_secs,
+                token_max_ttl=settings.token_max_ttl_secs,
+                secret_id_ttl=args.secret_id_ttl_secs,
+                secret_id_num_uses=0 if ident.process else 1,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[self.policies[role]]),
             )
         self.register_outputs(
@@ -162,9 +180,11 @@ class PlatformSecretsArgs:
 
 
 class PlatformSecrets(pulumi.ComponentResource):
-    """Every secret of both files, with generated values: random passwords
-    and keys, P-256 signing keys (generated once, protected: receipts and
-    tokens signed with them must stay verifiable), fixed user names."""
+    """Every KV secret of secrets.json (the services' and the cluster's), with
+    generated values: random passwords and keys, P-256 signing keys
+    (generated once, protected: receipts and tokens signed with them must
+    stay verifiable), fixed user names. `values` holds each one's fields by
+    API path (for the database engine's admin login)."""
 
     def __init__(self, name: str, args: PlatformSecretsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("tallyhouse:application:PlatformSecrets", name, None, opts)
@@ -173,8 +193,10 @@ class PlatformSecrets(pulumi.ComponentResource):
         # One RabbitMQ user for every service (secrets.json's `amqp` kind).
         self._amqp_password = self._random("amqp-password", 40)
         self.secrets: dict[str, vault.kv.SecretV2] = {}
+        self.values: dict[str, dict] = {}
         for path, secret in sorted(model.secrets().items()):
             data, keep = self._values(model, secret)
+            self.values[path] = data
             resource_name = secret.logical_path.replace("/", "-")
             self.secrets[path] = vault.kv.SecretV2(
                 resource_name,
@@ -227,8 +249,132 @@ class PlatformSecrets(pulumi.ComponentResource):
             elif f in _RANDOM_FIELDS:
                 data[f] = self._random(f"{name}-{f}", _RANDOM_FIELDS[f])
             else:
-                raise ModelError(f"cluster-secrets.json: no value for {secret.kind}.{f}")
+                raise ModelError(f"secrets.json cluster: no value for {secret.kind}.{f}")
         return data, False
+
+
+def database_bindings(plans: list[JobPlan]) -> dict[str, list[jobspec.Task]]:
+    """Database engine role -> the tasks that get their logins from it
+    (TALLYHOUSE_DATABASE_VAULT_ROLE in the job files)."""
+    out: dict[str, list[jobspec.Task]] = {}
+    for plan in plans:
+        for task in plan.job.tasks:
+            role = task.env.get(DATABASE_VAULT_ROLE_ENV)
+            if role:
+                out.setdefault(role, []).append(task)
+    return out
+
+
+def check_database_bindings(model: SecretsModel, plans: list[JobPlan]) -> None:
+    """Every job that asks for leased logins names a role of the engine, at
+    the engine's mount, with the role's stable group role, from a task whose
+    Vault role may read that role's creds; and every role is used."""
+    engine = model.database_engine()
+    used = database_bindings(plans)
+    if engine is None:
+        if used:
+            raise ModelError(f"the job files use database engine roles {sorted(used)}, but secrets.json has no engine")
+        return
+    unknown = set(used) - set(engine.roles)
+    if unknown:
+        raise ModelError(f"the job files use database engine roles secrets.json does not define: {sorted(unknown)}")
+    for name, role in engine.roles.items():
+        if role.service in model.service_processes() and name not in used:
+            raise ModelError(f"no task of nomad-jobs/ gets its database logins from {name} ({role.service})")
+        for task in used.get(name, []):
+            where, env = f"{task.group.job.name}/{task.name}", task.env
+            if not model.allows(task.vault_role or "", role.creds_path):
+                raise ModelError(f"{where}: Vault role {task.vault_role} may not read {role.creds_path}")
+            mount = env.get(DATABASE_VAULT_MOUNT_ENV, DATABASE_VAULT_MOUNT_DEFAULT)
+            if mount != engine.mount:
+                raise ModelError(f"{where}: {DATABASE_VAULT_MOUNT_ENV} is {mount!r}, the engine is at {engine.mount!r}")
+            if env.get(DATABASE_GROUP_ROLE_ENV) != role.group_role:
+                raise ModelError(
+                    f"{where}: {DATABASE_GROUP_ROLE_ENV} must be {role.group_role} (the role's logins are its members)"
+                )
+
+
+@dataclass
+class DatabaseSecretsEngineArgs:
+    """What `DatabaseSecretsEngine` needs."""
+
+    model: SecretsModel
+    #: The jobs, to check the roles they ask for.
+    plans: list[JobPlan]
+    #: The admin role's first password (its KV secret, generated by
+    #: `PlatformSecrets`); Vault owns it after a rotate-root.
+    admin_password: pulumi.Input[str]
+    #: `host:port` of the Citus coordinator as Vault reaches it.
+    address: pulumi.Input[str]
+    #: Resources the engine waits for (the Citus job, whose provisioner
+    #: creates the admin role).
+    depends_on: list[pulumi.Resource] = field(default_factory=list)
+
+
+class DatabaseSecretsEngine(pulumi.ComponentResource):
+    """Vault's database secrets engine (secrets.json `database_engine`): the
+    mount, the PostgreSQL connection as the admin role, and one role per
+    service reading `database` whose leased logins are new PostgreSQL roles,
+    members of the service's stable role, valid until the lease ends."""
+
+    def __init__(self, name: str, args: DatabaseSecretsEngineArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("tallyhouse:application:DatabaseSecretsEngine", name, None, opts)
+        engine = args.model.database_engine()
+        if engine is None:
+            raise ModelError("secrets.json has no database_engine")
+        check_database_bindings(args.model, args.plans)
+        self.mount = vault.Mount(
+            "database",
+            path=engine.mount,
+            type="database",
+            description="Tallyhouse leased database logins",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on),
+        )
+        # The `postgres` database of the coordinator: roles are cluster-wide,
+        # and without the citus extension there the leased logins stay on the
+        # coordinator (sessions switch to the stable role, which is the one
+        # Citus logs in to the workers as, with pg_dist_authinfo).
+        # The services' database connections are plain TCP as well
+        # (services/platform/src/db.rs); with scram-sha-256 here Vault sends
+        # PostgreSQL password verifiers, never the passwords themselves.
+        connection_url = pulumi.Output.concat(
+            "postgresql://{{username}}:{{password}}@", args.address, "/postgres?sslmode=disable"
+        )
+        self.connection = vault.database.SecretBackendConnection(
+            engine.connection,
+            backend=self.mount.path,
+            name=engine.connection,
+            allowed_roles=sorted(engine.roles),
+            postgresql=vault.database.SecretBackendConnectionPostgresqlArgs(
+                connection_url=connection_url,
+                username=engine.admin_role,
+                password=pulumi.Output.secret(args.admin_password),
+                password_authentication="scram-sha-256",
+            ),
+            # The provisioner may still be creating the admin role when this
+            # runs; the services wait for their first login (start-up retries).
+            verify_connection=False,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                # After `vault write -f <mount>/rotate-root/<connection>` only
+                # Vault knows the password: never write the first one back.
+                ignore_changes=["postgresql.password"],
+            ),
+        )
+        self.roles: dict[str, vault.database.SecretBackendRole] = {}
+        for role_name, role in engine.roles.items():
+            self.roles[role_name] = vault.database.SecretBackendRole(
+                f"database-{role_name}",
+                backend=self.mount.path,
+                name=role_name,
+                db_name=self.connection.name,
+                creation_statements=role.creation_statements,
+                revocation_statements=role.revocation_statements,
+                default_ttl=role.default_ttl_secs,
+                max_ttl=role.max_ttl_secs,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+        self.register_outputs({"mount": engine.mount, "connection": engine.connection, "roles": sorted(self.roles)})
 
 
 @dataclass

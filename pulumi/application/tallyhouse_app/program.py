@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pulumi
 
-from .components import NomadJob, NomadJobArgs, PlatformSecrets, PlatformSecretsArgs, VaultAccess, VaultAccessArgs
+from .components import (
+    DatabaseSecretsEngine,
+    DatabaseSecretsEngineArgs,
+    NomadJob,
+    NomadJobArgs,
+    PlatformSecrets,
+    PlatformSecretsArgs,
+    VaultAccess,
+    VaultAccessArgs,
+)
 from .model import SecretsModel, parse_tasks
 from .plan import collector_settings, plan_jobs
 
@@ -50,17 +59,33 @@ def run() -> None:
         PlatformSecretsArgs(model=model, depends_on=[access.kv_mount] if access.kv_mount else []),
     )
     # Resource jobs first (brokers, databases, storage, router, collectors),
-    # then the services and batch jobs that use them.
+    # then Vault's database secrets engine (its admin role is made by the
+    # Citus provisioner), then the services and batch jobs that use them.
     foundation = []
     for plan in plans:
         if plan.job.kind == "resources":
             foundation.append(NomadJob(plan.name, NomadJobArgs(plan, depends_on=[access, secrets])))
+    ready = [access, secrets, *foundation]
+    engine = None
+    if model.database_engine() is not None:
+        engine = DatabaseSecretsEngine(
+            "database-engine",
+            DatabaseSecretsEngineArgs(
+                model=model,
+                plans=plans,
+                admin_password=secrets.values[model.database_engine().admin_secret]["password"],
+                address=config.require("databaseAddress"),
+                depends_on=ready,
+            ),
+        )
+        ready.append(engine)
     others = []
     for plan in plans:
         if plan.job.kind != "resources":
-            others.append(NomadJob(plan.name, NomadJobArgs(plan, depends_on=[access, secrets, *foundation])))
+            others.append(NomadJob(plan.name, NomadJobArgs(plan, depends_on=ready)))
 
     pulumi.export("jobs", sorted(p.name for p in plans))
     pulumi.export("vaultRoles", sorted(access.roles))
     pulumi.export("vaultAppRoles", sorted(access.approles))
+    pulumi.export("databaseRoles", sorted(engine.roles) if engine else [])
     pulumi.export("imageTags", {t.name: f"{t.image}:{t.tag}" for t in tasks.values()})
