@@ -572,6 +572,15 @@ impl Auth {
         if req.before_id.is_some_and(|id| id <= 0) {
             return Err(AuthError::Invalid("before_id must be positive".into()));
         }
+        if [&req.actor, &req.action]
+            .into_iter()
+            .flatten()
+            .any(|f| f.contains('\0'))
+        {
+            return Err(AuthError::Invalid(
+                "actor and action filters must not contain NUL characters".into(),
+            ));
+        }
         let mut entries = store::audit_page(
             self.store.pool(),
             req.before_id,
@@ -696,6 +705,13 @@ pub fn check_username(username: &str) -> Result<()> {
 /// accepted, existing or not.
 pub fn account_key(username: &str) -> Result<String> {
     let key = username.to_lowercase();
+    if key.contains('\0') {
+        // PostgreSQL text cannot hold NUL: refuse it as bad input here
+        // rather than fail in the database.
+        return Err(AuthError::Invalid(
+            "username must not contain NUL characters".into(),
+        ));
+    }
     let count = key.chars().count();
     if count == 0 {
         return Err(AuthError::Invalid("username must not be empty".into()));
@@ -1423,6 +1439,10 @@ mod tests {
         assert_eq!(account_key("Alice").unwrap(), "alice");
         assert_eq!(account_key("no such user!").unwrap(), "no such user!");
         assert!(account_key("").is_err());
+        assert!(
+            account_key("al\0ice").is_err(),
+            "NUL cannot reach PostgreSQL text"
+        );
         assert!(account_key(&"a".repeat(MAX_LOGIN_NAME_CHARS + 1)).is_err());
     }
 

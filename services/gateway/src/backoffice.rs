@@ -89,6 +89,16 @@ pub(crate) async fn login(
         )
         .into_response();
     };
+    // PostgreSQL text cannot hold NUL: such a name is no user, and must
+    // not reach the auth service's queries.
+    if body.username.contains('\0') {
+        return Problem::invalid_param(
+            "username",
+            "the username must not contain NUL characters",
+            &trace.0,
+        )
+        .into_response();
+    }
     let client_addr = state.access.client_addr_of(&headers, Some(peer));
     let request = LoginRequest {
         username: body.username,

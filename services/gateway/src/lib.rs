@@ -9,6 +9,8 @@
 mod access;
 mod admin;
 mod backoffice;
+mod http_metrics;
+mod limits;
 mod packages;
 mod params;
 mod problem;
@@ -68,6 +70,10 @@ pub struct GatewayArgs {
     #[arg(long, env = "TALLYHOUSE_CLIENT_ADDR_HEADER")]
     pub client_addr_header: Option<axum::http::HeaderName>,
 
+    /// Header and body read limits of the public HTTP server.
+    #[command(flatten)]
+    pub http_limits: limits::HttpLimitArgs,
+
     /// Flags shared by every service.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -81,6 +87,7 @@ pub(crate) struct AppState {
     pub(crate) max_package_bytes: usize,
     pub(crate) upload_slots: std::sync::Arc<tokio::sync::Semaphore>,
     pub(crate) access: access::Access,
+    pub(crate) http_metrics: http_metrics::HttpMetrics,
 }
 
 /// A built gateway, bound to its ports.
@@ -88,6 +95,7 @@ pub struct Application {
     args: GatewayArgs,
     svc: Service,
     rpc: RpcClient,
+    http_metrics: http_metrics::HttpMetrics,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
 }
@@ -100,6 +108,7 @@ impl Application {
         if !rpc.wait_connected(Duration::from_secs(10)).await {
             tracing::warn!("no broker connection yet; serving 503 until one is up");
         }
+        let http_metrics = http_metrics::HttpMetrics::register(&mut svc.registry);
         svc.serve_ops().await?;
         let listener = tokio::net::TcpListener::bind(args.http_addr).await?;
         let addr = listener.local_addr()?;
@@ -107,6 +116,7 @@ impl Application {
             args,
             svc,
             rpc,
+            http_metrics,
             listener,
             addr,
         })
@@ -140,6 +150,7 @@ impl Application {
         let state = AppState {
             access,
             rpc: self.rpc.clone(),
+            http_metrics: self.http_metrics.clone(),
             max_package_bytes: self.args.max_package_bytes,
             upload_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 self.args.max_inflight_packages.max(1),
@@ -149,12 +160,7 @@ impl Application {
         tracing::info!(addr = %self.addr, "public HTTP API listening");
         self.svc.ready.set(true);
         let stop = self.svc.stop.clone();
-        axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+        limits::serve(self.listener, app, &self.args.http_limits, stop).await?;
         self.rpc.close().await;
         Ok(())
     }

@@ -63,6 +63,11 @@ pub(crate) fn status_of(code: ErrorCode) -> (StatusCode, &'static str, Option<u3
             "Service unavailable",
             Some(5),
         ),
+        ErrorCode::SecretsExpired => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service credentials expired",
+            Some(5),
+        ),
         ErrorCode::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "Timed out", Some(5)),
         ErrorCode::UnknownMethod => (StatusCode::BAD_GATEWAY, "Bad gateway", None),
         ErrorCode::HandlerPanicked | ErrorCode::Internal | ErrorCode::Unknown => {
@@ -83,11 +88,26 @@ impl Problem {
                 ErrorCode::Unavailable | ErrorCode::Disconnected | ErrorCode::NoRoute => {
                     "a service needed for this request is unavailable; retry later".to_owned()
                 }
+                ErrorCode::SecretsExpired => "a service needed for this request lost its credentials while Vault was unreachable; retry later".to_owned(),
                 ErrorCode::DeadlineExceeded => "the request took too long; retry later".to_owned(),
                 _ => "an unexpected error occurred".to_owned(),
             }
         } else {
             error.message.clone()
+        };
+        // A throttled call (a login, a password change) carries its delay as
+        // `auth::LoginThrottled` JSON in the message: it becomes Retry-After.
+        let (detail, retry_after_secs) = match error.code {
+            ErrorCode::LoginThrottled => {
+                match serde_json::from_str::<rpc_contracts::auth::LoginThrottled>(&detail) {
+                    Ok(t) => (
+                        "too many failed logins; retry after the delay in Retry-After".to_owned(),
+                        Some(t.retry_after_secs.clamp(1, u64::from(u32::MAX)) as u32),
+                    ),
+                    Err(_) => (detail, retry_after_secs),
+                }
+            }
+            _ => (detail, retry_after_secs),
         };
         Self {
             kind: format!("urn:tallyhouse:problem:{}", error.code.as_str()),

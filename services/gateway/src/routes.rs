@@ -71,6 +71,10 @@ pub(crate) fn router(state: AppState) -> Router {
         // their body as a stream under their own limit.
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(middleware::from_fn(trace_id))
+        .layer(middleware::from_fn_with_state(
+            state.http_metrics.clone(),
+            crate::http_metrics::track,
+        ))
         .with_state(state)
 }
 
