@@ -3,11 +3,10 @@
 # running ingest expects them. Idempotent; it takes the migration lock, so
 # it is safe beside an ingest deployment's own prestart migrate.
 #
-# The rest of the data lifecycle comes with a later issue, which adds its
-# periodic jobs here once their commands exist: retention (dropping
-# partitions past the retention period), conversion of old partitions to
-# columnar storage, collection of orphan evidence blobs, and the audit
-# trail's archive. Only commands that exist today are referenced.
+# The data lifecycle jobs (docs/lifecycle.md) are their own periodic jobs
+# beside this one: ingest-partitions-ahead (the same partition function as
+# a recorded, locked job), ingest-columnar, ingest-seal, ingest-verify-seals
+# and ingest-rollup; archive, retention and cleanup come later.
 
 variable "datacenters" {
   description = "Nomad datacenters the job may run in."

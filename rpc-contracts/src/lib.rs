@@ -34,6 +34,7 @@ pub mod envelope;
 pub mod error;
 pub mod ids;
 pub mod ingest;
+pub mod jobs;
 pub mod query;
 pub mod registry;
 pub mod testkit;
@@ -86,6 +87,8 @@ pub const ALL_CALLS: &[(ServiceQueue, &str)] = &[
         ingest::SubmitPackage::METHOD,
     ),
     (ingest::ReceiptKeys::SERVICE, ingest::ReceiptKeys::METHOD),
+    (jobs::RunJob::SERVICE, jobs::RunJob::METHOD),
+    (jobs::ListJobRuns::SERVICE, jobs::ListJobRuns::METHOD),
     (auth::Ping::SERVICE, auth::Ping::METHOD),
     (auth::Login::SERVICE, auth::Login::METHOD),
     (auth::Logout::SERVICE, auth::Logout::METHOD),

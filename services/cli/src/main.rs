@@ -36,6 +36,7 @@ async fn main() -> ExitCode {
         Command::Logout(args) => commands::backoffice::logout(args, &ctx).await,
         Command::Packages(cmd) => commands::backoffice::packages(cmd, &ctx).await,
         Command::Series(args) => commands::backoffice::series(args, &ctx).await,
+        Command::Job(cmd) => commands::job::run(cmd, &ctx).await,
     };
     ctx.close().await;
     match outcome {

@@ -1,5 +1,6 @@
 //! The ingest service's flags.
 
+use crate::jobs::JobOptions;
 use platform::config::CommonArgs;
 use platform::db::DatabaseArgs;
 use platform::s3::S3Args;
@@ -39,6 +40,18 @@ pub struct ServeArgs {
     /// Signature verifications at once (default: the number of cores).
     #[arg(long, env = "TALLYHOUSE_VERIFY_CONCURRENCY")]
     pub verify_concurrency: Option<usize>,
+    /// Bodies up to this size (bytes) are verified and parsed on the task
+    /// that received them (well under a millisecond of work, while the bytes
+    /// are still in that core's cache); larger ones on a blocking thread.
+    #[arg(
+        long,
+        env = "TALLYHOUSE_INLINE_VERIFY_MAX_BYTES",
+        default_value_t = 64 * 1024
+    )]
+    pub inline_verify_max_bytes: usize,
+    /// The lifecycle jobs, when run over RPC (`tallyhouse job run`).
+    #[command(flatten)]
+    pub jobs: JobOptions,
 }
 
 /// Flags of `ingest migrate`.

@@ -1,8 +1,10 @@
 //! The ingest service's entry point: `ingest migrate` prepares the
 //! time-series schema with the owner's credentials; `ingest serve` verifies
-//! and stores signed packages until SIGINT or SIGTERM.
+//! and stores signed packages until SIGINT or SIGTERM; `ingest job <name>`
+//! runs one data lifecycle job (`jobs/`).
 
 mod args;
+mod jobs;
 mod keys;
 mod metrics;
 mod schema;
@@ -26,6 +28,10 @@ enum Cli {
     /// database, and grant the service role what it needs (SELECT and
     /// INSERT only) and any reader role (the query service's) SELECT only.
     Migrate(args::MigrateArgs),
+    /// Run one data lifecycle job (partitions-ahead, columnar, seal,
+    /// verify-seals, rollup; docs/lifecycle.md) under its advisory lock:
+    /// exits 0 when it succeeded or another run holds the lock.
+    Job(jobs::args::JobArgs),
 }
 
 #[tokio::main]
@@ -39,6 +45,11 @@ async fn main() -> ExitCode {
             let telemetry = platform::telemetry::TelemetryConfig::stdout(&args.environment, "info");
             platform::telemetry::init_telemetry(SERVICE, &telemetry);
             exit_code(SERVICE, schema::migrate(&args).await)
+        }
+        Cli::Job(args) => {
+            let telemetry = platform::telemetry::TelemetryConfig::stdout(&args.environment, "info");
+            platform::telemetry::init_telemetry(SERVICE, &telemetry);
+            exit_code(SERVICE, jobs::command::run(&args).await)
         }
     }
 }

@@ -78,6 +78,7 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
         .context("running migrations")?;
     if mode == Mode::Citus {
         distribute(&mut conn).await?;
+        crate::jobs::schema::distribute(&mut conn).await?;
     }
     let role = &args.service_role;
     anyhow::ensure!(
@@ -137,13 +138,16 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
             .with_context(|| stmt.clone())?;
     }
     grant_readers(&mut conn, &args.reader_roles, role).await?;
-    let created: i32 = sqlx::query_scalar(
-        "SELECT tallyhouse_ensure_partitions(now() - interval '2 days', now() + make_interval(days => $1))",
+    crate::jobs::schema::grant(&mut conn, role, &args.reader_roles).await?;
+    // The same function as the partitions-ahead job's.
+    let created = crate::jobs::partitions::ensure_ahead(
+        &mut conn,
+        platform::clock::now(),
+        args.partitions_ahead_days,
     )
-    .bind(args.partitions_ahead_days as i32)
-    .fetch_one(&mut conn)
     .await
-    .context("creating partitions ahead")?;
+    .context("creating partitions ahead")?
+    .created;
     // The columnar access method comes from the citus_columnar extension,
     // which an operator creates (it is not created with citus itself).
     let columnar: bool =

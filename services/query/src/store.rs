@@ -1,6 +1,7 @@
 //! Every statement the query service runs, on the ingest database's
 //! `packages` and `records`, read through the parent tables (the reader role
-//! has no grant on any partition). Statements are built here and only here;
+//! has no grant on any partition), and its rollup tables (ingest's migration
+//! 0002; see docs/lifecycle.md). Statements are built here and only here;
 //! [`Sql`] exposes them with an `EXPLAIN` prefix so a test can check their
 //! plans (see the tests at the bottom: the indexes and partition pruning).
 //!
@@ -239,6 +240,180 @@ impl Sql {
     }
 }
 
+/// `t` rounded down (`up == false`) or up to a multiple of `step` seconds
+/// since the Unix epoch.
+fn align(t: OffsetDateTime, step: i64, up: bool) -> OffsetDateTime {
+    let step = i128::from(step) * 1_000_000_000;
+    let nanos = t.unix_timestamp_nanos();
+    let mut aligned = nanos.div_euclid(step) * step;
+    if up && aligned < nanos {
+        aligned += step;
+    }
+    OffsetDateTime::from_unix_timestamp_nanos(aligned).unwrap_or(t)
+}
+
+/// The whole hours `[A, B)` inside `[from, to)` when buckets of
+/// `bucket_secs` can be read from the rollups (a whole number of hours),
+/// else `None`.
+pub fn rollup_hours(
+    bucket_secs: u64,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+) -> Option<(OffsetDateTime, OffsetDateTime)> {
+    if bucket_secs == 0 || !bucket_secs.is_multiple_of(3600) {
+        return None;
+    }
+    let (a, b) = (align(from, 3600, true), align(to, 3600, false));
+    (a < b).then_some((a, b))
+}
+
+/// Reading the rollups pays when at most one hour in [`MARKED_SHARE`] of
+/// the whole hours is marked: each marked hour is read from the records
+/// by its own index range scan, which costs more per record than one scan
+/// of the range (parallel, sequential), so with many marked hours (before
+/// the first rollup run, or with the job stopped) the records' statement
+/// is used for the whole range instead.
+pub const MARKED_SHARE: i64 = 8;
+
+impl Sql {
+    /// The hours of `[a, b)` that carry a `rollup_dirty` marker for the
+    /// submitter (records arrived since the rollup job last recomputed
+    /// them), in order, at most `limit`.
+    pub fn marked_hours(
+        prefix: &str,
+        submitter_id: &str,
+        a: OffsetDateTime,
+        b: OffsetDateTime,
+        limit: i64,
+    ) -> QueryBuilder<Postgres> {
+        let mut qb = QueryBuilder::new(prefix);
+        qb.push("SELECT DISTINCT hour FROM rollup_dirty WHERE submitter_id = ")
+            .push_bind(submitter_id.to_owned())
+            .push(" AND hour >= ")
+            .push_bind(a)
+            .push(" AND hour < ")
+            .push_bind(b)
+            .push(" ORDER BY hour LIMIT ")
+            .push_bind(limit);
+        qb
+    }
+
+    /// [`Sql::buckets`] for buckets of whole hours, answered from the
+    /// rollups (migration 0002 of ingest, maintained by `ingest job rollup`)
+    /// wherever they are exact and from the records elsewhere; `None` when
+    /// the rollups cannot serve (a bucket that is not a whole number of
+    /// hours, or a range holding no whole hour): use [`Sql::buckets`].
+    /// `marked` are the range's marked hours ([`Sql::marked_hours`]), read
+    /// in the same snapshot (see [`Store::buckets`]).
+    ///
+    /// The range splits into the whole hours `[A, B)` and the raw edges
+    /// `[from, A)` and `[B, to)`. Inside `[A, B)`, a marked hour is read
+    /// from the records (an index range scan each); when buckets are whole
+    /// days, a day without a marked hour from `rollup_daily`; every other
+    /// hour from `rollup_hourly`. Rollup rows are per label set, so the
+    /// label filter (`labels @>`) applies to them as to records. Hour and
+    /// day buckets are aligned on the epoch like `date_bin`'s, so a rollup
+    /// row never straddles two buckets. The marked hours and clean days are
+    /// bound as arrays, so the planner knows how many there are.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rollup_buckets(
+        prefix: &str,
+        filter: &SeriesFilter,
+        agg: Aggregate,
+        bucket_secs: u64,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        marked: &[OffsetDateTime],
+        limit: i64,
+    ) -> Option<QueryBuilder<Postgres>> {
+        const DAY: i64 = 86_400;
+        let (a, b) = rollup_hours(bucket_secs, from, to)?;
+        // Whole days of the range without a marked hour, when buckets are
+        // whole days.
+        let mut clean_days = Vec::new();
+        if bucket_secs.is_multiple_of(DAY as u64) {
+            let (mut day, last) = (align(from, DAY, true), align(to, DAY, false));
+            while day < last {
+                let next = day + time::Duration::days(1);
+                if !marked.iter().any(|h| *h >= day && *h < next) {
+                    clean_days.push(day);
+                }
+                day = next;
+            }
+        }
+        let value = match agg {
+            Aggregate::Sum => "sum(s)",
+            Aggregate::Avg => "sum(s) / sum(n)",
+            Aggregate::Min => "min(lo)",
+            Aggregate::Max => "max(hi)",
+            Aggregate::Count => "sum(n)::double precision",
+        };
+        let series = |qb: &mut QueryBuilder<Postgres>, alias: &str| {
+            qb.push(format!(" {alias}.submitter_id = "))
+                .push_bind(filter.submitter_id.clone())
+                .push(format!(" AND {alias}.series = "))
+                .push_bind(filter.series.clone());
+            if let Some(labels) = &filter.labels {
+                qb.push(format!(" AND {alias}.labels @> "))
+                    .push_bind(sqlx::types::Json(labels.clone()))
+                    .push("::jsonb");
+            }
+        };
+        let mut qb = QueryBuilder::new(prefix);
+        qb.push("SELECT date_bin(make_interval(secs => ")
+            .push_bind(bucket_secs as f64)
+            .push("), t, TIMESTAMPTZ 'epoch') AS bucket, ")
+            .push(value)
+            .push(" AS value, sum(n)::bigint AS n FROM (");
+        // Clean whole days.
+        qb.push("SELECT d.bucket AS t, d.n, d.sum AS s, d.min AS lo, d.max AS hi FROM rollup_daily d WHERE");
+        series(&mut qb, "d");
+        qb.push(" AND d.bucket = ANY(")
+            .push_bind(clean_days.clone())
+            .push("::timestamptz[])");
+        // Clean hours outside them.
+        qb.push(" UNION ALL SELECT h.bucket, h.n, h.sum, h.min, h.max FROM rollup_hourly h WHERE");
+        series(&mut qb, "h");
+        qb.push(" AND h.bucket >= ")
+            .push_bind(a)
+            .push(" AND h.bucket < ")
+            .push_bind(b)
+            .push(" AND h.bucket <> ALL(")
+            .push_bind(marked.to_vec())
+            .push("::timestamptz[]) AND date_bin('86400 seconds', h.bucket, TIMESTAMPTZ 'epoch') <> ALL(")
+            .push_bind(clean_days)
+            .push("::timestamptz[])");
+        // Marked hours, from the records (the constant bounds prune the
+        // partitions at plan time, each hour's bounds at run time). OFFSET 0
+        // keeps the subquery from being pulled up into a join the planner
+        // could run as a scan of the whole range against every hour.
+        qb.push(" UNION ALL SELECT r.ts, 1, r.value, r.value, r.value FROM unnest(")
+            .push_bind(marked.to_vec())
+            .push("::timestamptz[]) AS m(hour) CROSS JOIN LATERAL (SELECT r.ts, r.value FROM records r WHERE");
+        series(&mut qb, "r");
+        qb.push(" AND r.ts >= ")
+            .push_bind(a)
+            .push(" AND r.ts < ")
+            .push_bind(b)
+            .push(" AND r.ts >= m.hour AND r.ts < m.hour + interval '3600 seconds' OFFSET 0) r");
+        // The edges outside the whole hours.
+        for (lo, hi) in [(from, a), (b, to)] {
+            if lo >= hi {
+                continue;
+            }
+            qb.push(" UNION ALL SELECT r.ts, 1, r.value, r.value, r.value FROM records r WHERE");
+            series(&mut qb, "r");
+            qb.push(" AND r.ts >= ")
+                .push_bind(lo)
+                .push(" AND r.ts < ")
+                .push_bind(hi);
+        }
+        qb.push(") AS parts (t, n, s, lo, hi) GROUP BY 1 ORDER BY 1 LIMIT ")
+            .push_bind(limit);
+        Some(qb)
+    }
+}
+
 /// The ingest database, read-only.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -246,6 +421,11 @@ pub struct Store {
 }
 
 impl Store {
+    /// The pool (readiness check and pool metrics).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Wraps a pool logged in as the reader role.
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
@@ -346,7 +526,9 @@ impl Store {
             .map_err(QueryError::db("looking for more records"))
     }
 
-    /// Aggregated buckets of `[from, to)`.
+    /// Aggregated buckets of `[from, to)`: from the rollups for buckets of
+    /// whole hours ([`Sql::rollup_buckets`]) unless too many of its hours
+    /// are marked ([`MARKED_SHARE`]), else from the records.
     pub async fn buckets(
         &self,
         filter: &SeriesFilter,
@@ -356,11 +538,47 @@ impl Store {
         to: OffsetDateTime,
         limit: i64,
     ) -> Result<Vec<BucketRow>> {
-        Sql::buckets("", filter, agg, bucket_secs, from, to, limit)
-            .build_query_as::<BucketRow>()
-            .fetch_all(&self.pool)
+        // Whole hours from the rollups where they are exact, the rest raw,
+        // in one snapshot: the marked hours, then the statement that
+        // depends on them. The records alone when too many are marked.
+        let Some((a, b)) = rollup_hours(bucket_secs, from, to) else {
+            return Sql::buckets("", filter, agg, bucket_secs, from, to, limit)
+                .build_query_as::<BucketRow>()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(QueryError::db("aggregating records"));
+        };
+        let mut tx = self
+            .pool
+            .begin()
             .await
-            .map_err(QueryError::db("aggregating records"))
+            .map_err(QueryError::db("aggregating records"))?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *tx)
+            .await
+            .map_err(QueryError::db("aggregating records"))?;
+        let most = (b - a).whole_hours() / MARKED_SHARE;
+        let marked: Vec<OffsetDateTime> =
+            Sql::marked_hours("", &filter.submitter_id, a, b, most + 1)
+                .build_query_scalar()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(QueryError::db("reading the marked hours"))?;
+        let statement = if marked.len() as i64 <= most {
+            Sql::rollup_buckets("", filter, agg, bucket_secs, from, to, &marked, limit)
+        } else {
+            None
+        };
+        let rows = statement
+            .unwrap_or_else(|| Sql::buckets("", filter, agg, bucket_secs, from, to, limit))
+            .build_query_as::<BucketRow>()
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(QueryError::db("aggregating records"))?;
+        tx.commit()
+            .await
+            .map_err(QueryError::db("aggregating records"))?;
+        Ok(rows)
     }
 }
 

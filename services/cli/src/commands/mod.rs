@@ -5,6 +5,7 @@
 //! submitter-side ones (`keygen`, `sign`, `submit`, `receipt`, `package`)
 //! work on local files and the gateway's public HTTP API.
 pub mod backoffice;
+pub mod job;
 pub mod key;
 pub mod keygen;
 pub mod package;
@@ -115,6 +116,9 @@ pub enum Command {
     Packages(backoffice::PackagesCommand),
     /// Time-bucketed aggregates of a series, as a table or CSV (back office).
     Series(backoffice::SeriesArgs),
+    /// Run a data lifecycle job now and follow its runs (operator).
+    #[command(subcommand)]
+    Job(job::JobCommand),
 }
 
 /// What a command runs with: how to print, and RPC made on first use.

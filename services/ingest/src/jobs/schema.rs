@@ -1,0 +1,79 @@
+//! What `ingest migrate` does for the lifecycle tables of migration 0002
+//! after the migrations: with Citus, distributes the rollup tables by
+//! submitter next to `records`; then grants the service role what running
+//! the jobs needs (never UPDATE or DELETE on the evidence, nor on seals) and
+//! the reader roles SELECT on the rollups. Idempotent.
+
+use anyhow::Context as _;
+use sqlx::PgConnection;
+
+/// The tables the rollups are made of, distributed with Citus.
+const ROLLUP_TABLES: [&str; 3] = ["rollup_hourly", "rollup_daily", "rollup_dirty"];
+
+/// With Citus: distributes the rollup tables by `submitter_id`, co-located
+/// with `packages` and `records`, so that the job's recomputation and the
+/// query service's reads of one submitter stay on the node holding its
+/// records. The run records and seals stay on the coordinator.
+pub async fn distribute(conn: &mut PgConnection) -> anyhow::Result<()> {
+    for table in ROLLUP_TABLES {
+        let distributed: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = $1::regclass)",
+        )
+        .bind(table)
+        .fetch_one(&mut *conn)
+        .await?;
+        if distributed {
+            continue;
+        }
+        sqlx::query(
+            "SELECT create_distributed_table($1::regclass, 'submitter_id', colocate_with => 'packages')",
+        )
+        .bind(table)
+        .execute(&mut *conn)
+        .await
+        .with_context(|| format!("distributing {table}"))?;
+        tracing::info!(table, "distributed by submitter_id");
+    }
+    Ok(())
+}
+
+/// The grants of the lifecycle tables. `service_role` runs the jobs when
+/// they are started over RPC (`ingest serve` connects as it) and reads the
+/// run records for its metrics; `readers` (the query service's role) read
+/// the rollups. Role names were checked by the caller.
+pub async fn grant(
+    conn: &mut PgConnection,
+    service_role: &str,
+    readers: &[String],
+) -> anyhow::Result<()> {
+    let mut statements = vec![
+        format!(
+            "REVOKE ALL ON job_runs, partition_seals, seal_checks, partition_storage, \
+             rollup_hourly, rollup_daily, rollup_dirty FROM {service_role}"
+        ),
+        format!("GRANT SELECT, INSERT, UPDATE ON job_runs TO {service_role}"),
+        // Seals are written once (a trigger refuses UPDATE and DELETE).
+        format!("GRANT SELECT, INSERT ON partition_seals, seal_checks TO {service_role}"),
+        format!("GRANT SELECT, INSERT, UPDATE ON partition_storage TO {service_role}"),
+        format!(
+            "GRANT SELECT, INSERT, DELETE ON rollup_hourly, rollup_daily, rollup_dirty TO {service_role}"
+        ),
+        format!("GRANT EXECUTE ON FUNCTION tallyhouse_convert_to_columnar(text) TO {service_role}"),
+    ];
+    for reader in readers.iter().map(|r| r.trim()).filter(|r| !r.is_empty()) {
+        statements.push(format!(
+            "REVOKE ALL ON job_runs, partition_seals, seal_checks, partition_storage, \
+             rollup_hourly, rollup_daily, rollup_dirty FROM {reader}"
+        ));
+        statements.push(format!(
+            "GRANT SELECT ON rollup_hourly, rollup_daily, rollup_dirty TO {reader}"
+        ));
+    }
+    for stmt in statements {
+        sqlx::query(sqlx::AssertSqlSafe(stmt.clone()))
+            .execute(&mut *conn)
+            .await
+            .with_context(|| stmt.clone())?;
+    }
+    Ok(())
+}
