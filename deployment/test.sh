@@ -6,6 +6,13 @@
 #   4. cargo nextest run --workspace --no-fail-fast
 #      (cargo test --workspace --no-fail-fast when nextest is not installed)
 #   5. Python tests (pytest) under pulumi/ and tests/python/, when there are any
+#   6. fuzzing: every cargo-fuzz target of fuzz/ for TALLYHOUSE_FUZZ_SECONDS
+#      (default 60) each, by fuzz/run.sh (skipped, saying so, without nightly)
+#   7. fault injection under load: `chaos --short` (the debug build of step 3):
+#      ingest killed, broker connections cut, S3 killed, OpenBao sealed, each
+#      mid-load, then healed; fails if a package is lost, duplicated or
+#      unexpected, or a row lacks its blob (about 4 minutes; TALLYHOUSE_CHAOS=0
+#      skips it; docs/reliability.md)
 # With arguments, only steps 1-4 run and the arguments go to nextest (or to
 # cargo test), e.g. `deployment/test.sh -E 'test(/^cli::/)'`.
 # Every part runs even if an earlier one failed; the exit status is non-zero
@@ -70,6 +77,23 @@ run_python() {
     done
 }
 
+# Step 7: the short fault-injection run (services/bench/src/chaos) on the
+# debug binaries step 3 built; its last stdout line is the JSON of counts.
+run_chaos() {
+    local bin="$TH_ROOT/target/debug/chaos"
+    if [[ "${TALLYHOUSE_CHAOS:-1}" == 0 ]]; then
+        info "chaos: SKIPPED (TALLYHOUSE_CHAOS=0)"
+        return 0
+    fi
+    if [[ " ${FAILED[*]} " == *" cargo build "* || ! -x "$bin" ]]; then
+        warn "chaos: not built: skipping the fault-injection run"
+        FAILED+=("chaos --short (not built)")
+        return 0
+    fi
+    info "fault injection under load (chaos --short all; logs in .run/logs/chaos/)"
+    (cd "$TH_ROOT" && "$bin" --short --no-build all </dev/null) || FAILED+=("chaos --short")
+}
+
 main() {
     ensure_run_dirs
     TH_STACK_QUIET=1 "$TH_DEPLOY/stack-up.sh" || die "stack-up.sh failed; no tests run"
@@ -93,7 +117,12 @@ main() {
     unset VAULT_TOKEN BAO_TOKEN BAO_ADDR
 
     run_rust "$@"
-    if (($# == 0)); then run_python; fi
+    if (($# == 0)); then
+        run_python
+        info "fuzzing (fuzz/run.sh, ${TALLYHOUSE_FUZZ_SECONDS:-60} s per target)"
+        "$TH_ROOT/fuzz/run.sh" || FAILED+=("fuzz/run.sh")
+        run_chaos
+    fi
 
     if ((${#FAILED[@]} > 0)); then
         err "FAILED: ${FAILED[*]}"

@@ -4,11 +4,12 @@
 
 use crate::{ChildProcess, free_port, service_command, workspace_bin};
 use evidence::SigningKey;
+use platform::amqp::BrokerUri;
 use platform::rpc::{RpcClient, RpcMetrics};
 use platform::s3::{EvidenceStore, S3Args, S3Credentials};
 use platform::testing::{
     amqp_uri, database_login, delete_topology, drop_test_database, drop_test_database_on,
-    prepare_citus, put_secret, query_json, rpc_config, service_test_database, test_database_on,
+    prepare_citus, put_secret_at, query_json, rpc_config, service_test_database, test_database_on,
     unique_topology,
 };
 use rpc_contracts::registry::{self, AddKeyRequest, AddSubmitterRequest};
@@ -42,6 +43,18 @@ pub struct StackOptions {
     /// that server preloads Citus, the database is made a single-node Citus
     /// database before `ingest migrate` (see `platform::testing::prepare_citus`).
     pub ingest_database_server: Option<String>,
+    /// The brokers the services and the harness's own RPC client use
+    /// (empty: the test command's, `TALLYHOUSE_TEST_AMQP_URI`), e.g. a
+    /// dedicated node or cluster a test may stop.
+    pub amqp_uris: Vec<BrokerUri>,
+    /// The brokers the services use, when they differ from
+    /// [`StackOptions::amqp_uris`] (e.g. a proxy that can cut them off while
+    /// the harness keeps its direct connection). Empty: the same.
+    pub service_amqp_uris: Vec<BrokerUri>,
+    /// The OpenBao every service reads its secrets from, as (address, root
+    /// token), and where the stack writes them (`None`: the test command's),
+    /// e.g. a private one a test may seal.
+    pub vault: Option<(String, String)>,
 }
 
 impl Default for StackOptions {
@@ -52,6 +65,9 @@ impl Default for StackOptions {
             ingest_env: Vec::new(),
             log_dir: None,
             ingest_database_server: None,
+            amqp_uris: Vec::new(),
+            service_amqp_uris: Vec::new(),
+            vault: None,
         }
     }
 }
@@ -83,6 +99,29 @@ pub fn s3_settings() -> (String, String, String) {
     )
 }
 
+/// The variables every service gets on top of `service_command`'s when
+/// `options` names other brokers or another OpenBao.
+fn service_overrides(options: &StackOptions) -> Vec<(&'static str, String)> {
+    let mut env = Vec::new();
+    let brokers = if options.service_amqp_uris.is_empty() {
+        &options.amqp_uris
+    } else {
+        &options.service_amqp_uris
+    };
+    if !brokers.is_empty() {
+        let uris: Vec<String> = brokers
+            .iter()
+            .map(|b| format!("amqp://{}/%2f", b.host_port()))
+            .collect();
+        env.push(("TALLYHOUSE_AMQP_URIS", uris.join(",")));
+    }
+    if let Some((addr, token)) = &options.vault {
+        env.push(("VAULT_ADDR", addr.clone()));
+        env.push(("VAULT_TOKEN", token.clone()));
+    }
+    env
+}
+
 /// A running platform.
 pub struct Stack {
     pub topology: Topology,
@@ -103,6 +142,26 @@ pub struct Stack {
     /// The query service's read-only role and its password.
     reader: (String, String),
     processes: Vec<ChildProcess>,
+    /// The brokers of the harness's RPC client (for the clean-up).
+    brokers: Vec<BrokerUri>,
+    /// What `ingest serve` was started with, for [`Stack::spawn_ingest`].
+    ingest_env: Vec<(&'static str, String)>,
+    log_dir: Option<PathBuf>,
+}
+
+/// Writes a secret to `vault` (address, root token), or to the test
+/// command's OpenBao when `None`.
+async fn put_secret_to(
+    vault: &Option<(String, String)>,
+    prefix: &str,
+    service: &str,
+    kind: &str,
+    fields: &[(&str, &str)],
+) {
+    match vault {
+        Some((addr, token)) => put_secret_at(addr, token, prefix, service, kind, fields).await,
+        None => platform::testing::put_secret(prefix, service, kind, fields).await,
+    }
 }
 
 /// Runs one statement written by the test (hex names only) as the superuser.
@@ -140,8 +199,29 @@ impl Stack {
         // Databases: the registry's (with its Vault secret), and the time
         // series with its own service role (SELECT and INSERT only, granted
         // by `ingest migrate`).
-        let (registry_db, _, registry_env) = service_test_database(&ns, "registry").await;
+        let (registry_db, registry_db_url, registry_env) =
+            service_test_database(&ns, "registry").await;
         let (auth_db, auth_db_url, auth_env) = service_test_database(&ns, "auth").await;
+        let vault = options.vault.clone();
+        if vault.is_some() {
+            // service_test_database wrote them to the test command's OpenBao.
+            for (svc, url) in [("registry", &registry_db_url), ("auth", &auth_db_url)] {
+                let (_, _, user, password) = database_login(url);
+                let password = if password.is_empty() {
+                    "unused-with-trust-auth".to_owned()
+                } else {
+                    password
+                };
+                put_secret_to(
+                    &vault,
+                    &ns,
+                    svc,
+                    "database",
+                    &[("username", &user), ("password", &password)],
+                )
+                .await;
+            }
+        }
         let ingest_server = options
             .ingest_database_server
             .clone()
@@ -175,7 +255,8 @@ impl Stack {
         let (s3_endpoint, s3_key, s3_secret) = s3_settings();
         let bucket = ns.clone();
         for svc in ["gateway", "registry", "ingest"] {
-            put_secret(
+            put_secret_to(
+                &vault,
                 &ns,
                 svc,
                 "amqp",
@@ -183,14 +264,16 @@ impl Stack {
             )
             .await;
         }
-        put_secret(
+        put_secret_to(
+            &vault,
             &ns,
             "ingest",
             "database",
             &[("username", &role), ("password", &role_password)],
         )
         .await;
-        put_secret(
+        put_secret_to(
+            &vault,
             &ns,
             "ingest",
             "s3",
@@ -200,14 +283,16 @@ impl Stack {
             ],
         )
         .await;
-        put_secret(
+        put_secret_to(
+            &vault,
             &ns,
             "query",
             "amqp",
             &[("username", "guest"), ("password", "guest")],
         )
         .await;
-        put_secret(
+        put_secret_to(
+            &vault,
             &ns,
             "query",
             "database",
@@ -218,7 +303,8 @@ impl Stack {
             ],
         )
         .await;
-        put_secret(
+        put_secret_to(
+            &vault,
             &ns,
             "query",
             "s3",
@@ -229,7 +315,8 @@ impl Stack {
         )
         .await;
         // Auth: its broker login and its token signing key.
-        put_secret(
+        put_secret_to(
+            &vault,
             &ns,
             "auth",
             "amqp",
@@ -237,9 +324,17 @@ impl Stack {
         )
         .await;
         let jwt_key = SigningKey::generate().to_pkcs8_pem();
-        put_secret(&ns, "auth", "jwt_key", &[("private_key_pem", &jwt_key)]).await;
+        put_secret_to(
+            &vault,
+            &ns,
+            "auth",
+            "jwt_key",
+            &[("private_key_pem", &jwt_key)],
+        )
+        .await;
         let receipt_key = SigningKey::generate().to_pkcs8_pem();
-        put_secret(
+        put_secret_to(
+            &vault,
             &ns,
             "ingest",
             "receipt_key",
@@ -247,6 +342,13 @@ impl Stack {
         )
         .await;
 
+        // What differs from the test command's servers, for every service.
+        let overrides = service_overrides(&options);
+        let service_command = |bin: &str, ns: &str, env: &[(&'static str, String)]| {
+            let mut all = overrides.clone();
+            all.extend(env.iter().cloned());
+            service_command(bin, ns, &all)
+        };
         let mut processes = Vec::new();
         let metrics: Vec<(&'static str, SocketAddr)> =
             ["registry", "ingest", "gateway", "query", "auth"]
@@ -314,7 +416,12 @@ impl Stack {
         ingest_env.push(("TALLYHOUSE_KEY_CACHE_TTL_MS", "0".into()));
         ingest_env.push(metrics_env("ingest"));
         ingest_env.extend(options.ingest_env.iter().cloned());
-        let mut ingest_cmd = with_log(service_command("ingest", &ns, &ingest_env), logs, "ingest");
+        let ingest_env = [overrides.clone(), ingest_env].concat();
+        let mut ingest_cmd = with_log(
+            crate::service_command("ingest", &ns, &ingest_env),
+            logs,
+            "ingest",
+        );
         ingest_cmd.arg("serve");
         processes.push(ChildProcess::spawn("ingest", &mut ingest_cmd).expect("spawn ingest"));
         let mut query_env = db_env(&ingest_db);
@@ -352,8 +459,13 @@ impl Stack {
             .expect("spawn gateway"),
         );
 
+        let brokers = if options.amqp_uris.is_empty() {
+            vec![amqp_uri()]
+        } else {
+            options.amqp_uris.clone()
+        };
         let rpc = RpcClient::start(
-            rpc_config(&topology, vec![amqp_uri()], "test-stack"),
+            rpc_config(&topology, brokers.clone(), "test-stack"),
             RpcMetrics::unregistered(),
         );
         let evidence = EvidenceStore::new(
@@ -384,6 +496,9 @@ impl Stack {
             role,
             reader: (reader, reader_password),
             processes,
+            brokers,
+            ingest_env,
+            log_dir: options.log_dir.clone(),
         };
         let mut stack = stack;
         stack.wait_ready().await;
@@ -573,6 +688,28 @@ impl Stack {
         }
     }
 
+    /// Starts one more `ingest serve` named `name` (its log is
+    /// `<log dir>/<name>.log`), configured as the first one with `env` on
+    /// top and metrics on a port of its own: a second instance consuming
+    /// the same queue, or a replacement for one that was killed. It is
+    /// found by [`Stack::process`] and stopped by [`Stack::finish`].
+    /// Returns its metrics (ops) address, whose `/ready` says when it serves.
+    pub fn spawn_ingest(&mut self, name: &str, env: &[(&'static str, String)]) -> SocketAddr {
+        let mut all = self.ingest_env.clone();
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        all.push(("TALLYHOUSE_METRICS_ADDR", metrics.to_string()));
+        all.extend(env.iter().cloned());
+        let mut cmd = with_log(
+            service_command("ingest", self.topology.namespace(), &all),
+            self.log_dir.as_ref(),
+            name,
+        );
+        cmd.arg("serve");
+        self.processes
+            .push(ChildProcess::spawn(name, &mut cmd).expect("spawn ingest"));
+        metrics
+    }
+
     /// The names of the service processes it runs (`registry`, `ingest`...).
     pub fn process_names(&self) -> Vec<String> {
         self.processes.iter().map(|p| p.name().to_owned()).collect()
@@ -593,7 +730,7 @@ impl Stack {
         }
         self.rpc.close().await;
         delete_topology(
-            &amqp_uri(),
+            &self.brokers[0],
             &self.topology,
             &[registry::QUEUE, ingest::QUEUE, query::QUEUE, auth::QUEUE],
         )

@@ -47,6 +47,10 @@ pub fn registry() -> &'static [&'static dyn Benchmark] {
         &crate::rpc::RpcBenchmark,
         &crate::rpc::RpcBreakdown,
         &crate::ingest::IngestBenchmark,
+        &crate::series::SeriesBenchmark,
+        &crate::auth::AuthBenchmark,
+        &crate::signing::SigningBenchmark,
+        &crate::rollup::RollupBenchmark,
     ]
 }
 

@@ -243,6 +243,7 @@ impl Drop for TcpProxy {
 pub struct DedicatedBroker {
     node: String,
     port: u16,
+    dist_port: u16,
     dir: PathBuf,
 }
 
@@ -287,11 +288,25 @@ impl DedicatedBroker {
             .arg("rabbitmq:rabbitmq")
             .arg(&dir)
             .status();
+        let broker = Self {
+            node,
+            port,
+            dist_port,
+            dir,
+        };
+        broker.launch()?;
+        Ok(broker)
+    }
+
+    /// Runs `rabbitmq-server -detached` for this node (its data kept from
+    /// any earlier run) and waits until it serves.
+    fn launch(&self) -> anyhow::Result<()> {
+        let dir = &self.dir;
         let status = Command::new("rabbitmq-server")
             .arg("-detached")
-            .env("RABBITMQ_NODENAME", &node)
-            .env("RABBITMQ_NODE_PORT", port.to_string())
-            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
             .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
             .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", dir.join("log"))
@@ -299,18 +314,76 @@ impl DedicatedBroker {
             .env("RABBITMQ_PID_FILE", dir.join("pid"))
             .status()?;
         anyhow::ensure!(status.success(), "rabbitmq-server -detached failed");
-        let broker = Self { node, port, dir };
         rabbitmqctl(
-            &broker.node,
+            &self.node,
             &[
                 "wait",
                 "--timeout",
                 "60",
-                &broker.dir.join("pid").to_string_lossy(),
+                &self.dir.join("pid").to_string_lossy(),
             ],
         )?;
-        rabbitmqctl(&broker.node, &["await_startup", "--timeout", "60"])?;
-        Ok(broker)
+        rabbitmqctl(&self.node, &["await_startup", "--timeout", "60"])
+    }
+
+    /// `n` nodes (at least 1) joined into one cluster of their own: the
+    /// first node started, then each other one started and joined to it.
+    /// Quorum queues declared afterwards get a replica on every node.
+    pub fn start_cluster(n: usize) -> anyhow::Result<Vec<Self>> {
+        let mut nodes = vec![Self::start()?];
+        for _ in 1..n.max(1) {
+            let node = Self::start()?;
+            rabbitmqctl(&node.node, &["stop_app"])?;
+            rabbitmqctl(&node.node, &["join_cluster", &nodes[0].node])?;
+            node.start_app()?;
+            nodes.push(node);
+        }
+        Ok(nodes)
+    }
+
+    /// The Erlang node name (`t<hex>@localhost`).
+    pub fn node_name(&self) -> &str {
+        &self.node
+    }
+
+    /// The Erlang VM's process id (from the node's pid file).
+    pub fn os_pid(&self) -> anyhow::Result<u32> {
+        let text = std::fs::read_to_string(self.dir.join("pid"))?;
+        Ok(text.trim().parse()?)
+    }
+
+    /// Kills the node's Erlang VM with SIGKILL, as a crash would (its data
+    /// directory stays, so [`DedicatedBroker::restart`] brings it back).
+    pub fn kill(&self) -> anyhow::Result<()> {
+        let pid = self.os_pid()?;
+        let status = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -KILL {pid} failed");
+        Ok(())
+    }
+
+    /// Starts the node again after [`DedicatedBroker::kill`] (it rejoins
+    /// its cluster) and waits until it serves.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        let _ = std::fs::remove_file(self.dir.join("pid"));
+        self.launch()
+    }
+
+    /// Runs `rabbitmqctl -n <this node> <args>` and returns its stdout.
+    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("rabbitmqctl")
+            .arg("-n")
+            .arg(&self.node)
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "rabbitmqctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Its AMQP URI (guest/guest).
@@ -575,10 +648,31 @@ pub async fn service_test_database(
 /// Writes one secret, `<prefix>/<service>/<kind>` in the KV v2 mount
 /// `secret`, to the test command's OpenBao with its root token.
 pub async fn put_secret(prefix: &str, service: &str, kind: &str, fields: &[(&str, &str)]) {
+    put_secret_at(
+        &vault_addr(),
+        &vault_root_token(),
+        prefix,
+        service,
+        kind,
+        fields,
+    )
+    .await;
+}
+
+/// [`put_secret`] to another OpenBao (a private one a test may seal), at
+/// `addr` with `token`.
+pub async fn put_secret_at(
+    addr: &str,
+    token: &str,
+    prefix: &str,
+    service: &str,
+    kind: &str,
+    fields: &[(&str, &str)],
+) {
     let client = vaultrs::client::VaultClient::new(
         vaultrs::client::VaultClientSettingsBuilder::default()
-            .address(vault_addr())
-            .token(vault_root_token())
+            .address(addr)
+            .token(token)
             .build()
             .expect("Vault client settings"),
     )

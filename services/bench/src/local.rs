@@ -1,12 +1,16 @@
-//! The local run the benchmark measures on: the servers
+//! The local run the service benchmarks measure on: the servers
 //! `deployment/stack-up.sh` started and the settings it left in
 //! `.run/state/` (the OpenBao root token, the S3 key pair), found the way
-//! `deployment/test.sh` finds them; and the release binaries of the
-//! services, built the way an operator would build them.
+//! `deployment/test.sh` finds them; the release binaries of the services,
+//! built the way an operator would build them; and the platform those
+//! binaries make when the end-to-end harness starts them for a benchmark.
 
+use crate::cpu::{Scope, Watched, pid_listening_on};
+use crate::harness::Context;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use tests::stack::{Stack, StackOptions};
 
 /// Written by `deployment/stack-up.sh`, relative to the repository root.
 const ROOT_TOKEN_FILE: &str = ".run/state/vault-root-token";
@@ -198,4 +202,135 @@ pub fn check_binaries(names: &[&str]) -> anyhow::Result<()> {
         missing.join(", ")
     );
     Ok(())
+}
+
+/// The OpenBao root token of the local run.
+pub fn vault_root_token() -> anyhow::Result<String> {
+    let path = repository_root()?.join(ROOT_TOKEN_FILE);
+    let token = std::fs::read_to_string(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read {} ({e}): run deployment/stack-up.sh first",
+            path.display()
+        )
+    })?;
+    Ok(token.trim().to_owned())
+}
+
+/// Starts the services for benchmark `name` with the end-to-end harness,
+/// after checking the servers and building the services (unless
+/// `--no-build`); their output goes to `.run/logs/bench-<name>/`.
+/// `options.log_dir` is set here. Undo with [`stop_stack`].
+pub async fn start_stack(
+    ctx: &Context,
+    name: &str,
+    options: StackOptions,
+) -> anyhow::Result<Stack> {
+    let root = repository_root()?;
+    check_servers().await?;
+    if !ctx.no_build {
+        build_services(&root, &tests::stack::BINARIES).await?;
+    }
+    check_binaries(&tests::stack::BINARIES)?;
+    let logs = root.join(format!(".run/logs/bench-{name}"));
+    eprintln!(
+        "bench: starting {} (logs in {})",
+        tests::stack::BINARIES.join(", "),
+        logs.display()
+    );
+    Ok(Stack::start(StackOptions {
+        log_dir: Some(logs),
+        ..options
+    })
+    .await)
+}
+
+/// Stops what [`start_stack`] started and removes what it made: the
+/// bucket with its objects, the processes, databases, roles and RPC queues
+/// and exchanges.
+pub async fn stop_stack(stack: Stack) {
+    eprintln!("bench: cleaning up");
+    match stack.remove_bucket().await {
+        Ok(n) => eprintln!("bench: deleted bucket {} ({n} objects)", stack.bucket),
+        Err(e) => eprintln!("bench: cannot delete bucket {}: {e}", stack.bucket),
+    }
+    stack.finish().await;
+    eprintln!("bench: dropped the databases, the service role and the RPC namespace");
+}
+
+/// The local servers among `which` (name, port, scope), found by the port
+/// they listen on, to watch their CPU time; those that cannot be found are
+/// said on stderr and left out.
+pub fn watched_servers(which: &[(&str, u16, Scope)]) -> Vec<Watched> {
+    let mut watched = Vec::new();
+    for &(name, port, scope) in which {
+        match pid_listening_on(port) {
+            Some(pid) => watched.push(Watched {
+                name: name.into(),
+                pid,
+                scope,
+            }),
+            None => eprintln!(
+                "bench: cannot tell which process listens on {port}: no {name} CPU figures"
+            ),
+        }
+    }
+    watched
+}
+
+/// The service processes of `stack` named in `names`, to watch their CPU
+/// time.
+pub fn watched_services(stack: &mut Stack, names: &[&str]) -> Vec<Watched> {
+    names
+        .iter()
+        .map(|&name| Watched {
+            name: name.into(),
+            pid: stack.process(name).id(),
+            scope: Scope::Process,
+        })
+        .collect()
+}
+
+/// A back-office user of `stack` with `role`, added over RPC (as the
+/// operator does with `tallyhouse user add`) with a random password:
+/// returns the password and a fresh access token from `POST
+/// /v1/auth/login` through the gateway.
+pub async fn back_office_user(
+    stack: &Stack,
+    http: &reqwest::Client,
+    username: &str,
+    role: rpc_contracts::auth::Role,
+) -> anyhow::Result<(String, String)> {
+    use rpc_contracts::auth::{self, Password};
+    let password = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    stack
+        .rpc
+        .call::<auth::AddUser>(&auth::AddUserRequest {
+            username: username.to_owned(),
+            roles: vec![role],
+            password: Password(password.clone()),
+            actor: None,
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("adding back-office user {username}: {e}"))?;
+    let token = login(http, &stack.base_url, username, &password).await?;
+    Ok((password, token))
+}
+
+/// `POST /v1/auth/login` through the gateway at `base_url`: the access
+/// token.
+pub async fn login(
+    http: &reqwest::Client,
+    base_url: &str,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<String> {
+    let resp = http
+        .post(format!("{base_url}/v1/auth/login"))
+        .json(&serde_json::json!({ "username": username, "password": password }))
+        .send()
+        .await?;
+    let status = resp.status();
+    anyhow::ensure!(status == 200, "login of {username}: {status}");
+    let token: rpc_contracts::auth::AccessToken = resp.json().await?;
+    Ok(token.access_token)
 }

@@ -1,0 +1,670 @@
+//! Private servers a scenario may break without touching the shared ones
+//! (PostgreSQL 5432, RabbitMQ 5672, OpenBao 8200 and s3s-fs 9000 stay up):
+//! a PostgreSQL cluster of its own (initdb in a temporary folder, trust
+//! authentication), an s3s-fs on its own port and folder, an OpenBao dev
+//! server that can be sealed, and a TCP proxy that can stall the
+//! connections through it (a network black hole); and what `/proc` says of
+//! a process (resident memory, open files, threads).
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tests::{ChildProcess, free_port};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd.stdin(Stdio::null()).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Waits until something accepts TCP connections on `port`.
+pub async fn wait_for_port(port: u16, within: Duration) -> anyhow::Result<()> {
+    let until = Instant::now() + within;
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "nothing listens on 127.0.0.1:{port} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn temp_dir(what: &str) -> anyhow::Result<PathBuf> {
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let dir = std::env::temp_dir().join(format!("tallyhouse-chaos-{what}-{id}"));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+// --- PostgreSQL ----------------------------------------------------------------
+
+/// A PostgreSQL cluster of its own: `initdb` into a temporary folder (run as
+/// the `postgres` user when this process is root, as initdb refuses root),
+/// listening on 127.0.0.1 on a port of its own with trust authentication.
+pub struct PrivatePostgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl PrivatePostgres {
+    fn pg_bin() -> anyhow::Result<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path().join("bin"))
+                    .filter(|b| b.join("initdb").is_file())
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.sort();
+        found
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("no /usr/lib/postgresql/<version>/bin/initdb"))
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if self.as_postgres {
+            let mut cmd = Command::new("runuser");
+            cmd.arg("-u").arg("postgres").arg("--").arg(path);
+            cmd
+        } else {
+            Command::new(path)
+        }
+    }
+
+    /// Creates and starts the cluster (a few seconds).
+    pub fn start() -> anyhow::Result<Self> {
+        let bin = Self::pg_bin()?;
+        let dir = temp_dir("pg")?;
+        let as_postgres = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        if as_postgres {
+            run(Command::new("chown")
+                .arg("-R")
+                .arg("postgres:postgres")
+                .arg(&dir))?;
+        }
+        let pg = Self {
+            bin,
+            dir,
+            port: free_port(),
+            as_postgres,
+        };
+        run(pg
+            .command("initdb")
+            .arg("-D")
+            .arg(pg.dir.join("data"))
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]))?;
+        pg.start_server()?;
+        Ok(pg)
+    }
+
+    fn start_server(&self) -> anyhow::Result<()> {
+        run(self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "-t", "120", "-o"])
+            .arg(format!(
+                "-p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections=60",
+                self.port,
+                self.dir.display()
+            ))
+            .arg("start"))
+    }
+
+    /// Its superuser URL.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// `pg_ctl stop -m immediate`: every backend killed at once, no
+    /// checkpoint; the next start runs crash recovery.
+    pub fn stop_immediate(&self) -> anyhow::Result<()> {
+        run(self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"]))
+    }
+
+    /// Starts it again (crash recovery) and waits until it accepts.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        self.start_server()
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// --- s3s-fs ------------------------------------------------------------------------
+
+/// An s3s-fs of its own (the shared one's key pair), on its own port and
+/// folder, that can be killed and started again on both.
+pub struct PrivateS3 {
+    process: Option<ChildProcess>,
+    bin: PathBuf,
+    port: u16,
+    dir: PathBuf,
+    key: String,
+    secret: String,
+    log: PathBuf,
+}
+
+impl PrivateS3 {
+    /// Starts it with the access key pair `key`/`secret`.
+    pub async fn start(key: &str, secret: &str, log_dir: &Path) -> anyhow::Result<Self> {
+        let bin = [
+            dirs_home().map(|h| h.join(".cargo/bin/s3s-fs")),
+            Some(PathBuf::from("/usr/local/bin/s3s-fs")),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("s3s-fs"));
+        std::fs::create_dir_all(log_dir)?;
+        let mut s3 = Self {
+            process: None,
+            bin,
+            port: free_port(),
+            dir: temp_dir("s3")?,
+            key: key.to_owned(),
+            secret: secret.to_owned(),
+            log: log_dir.join("s3s-fs.log"),
+        };
+        s3.spawn().await?;
+        Ok(s3)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["--host", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .arg("--access-key")
+            .arg(&self.key)
+            .arg("--secret-key")
+            .arg(&self.secret)
+            .arg(&self.dir)
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.process = Some(ChildProcess::spawn("s3s-fs", &mut cmd)?);
+        wait_for_port(self.port, Duration::from_secs(30)).await
+    }
+
+    /// Its endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts it again on the same port and folder.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.spawn().await
+    }
+}
+
+impl Drop for PrivateS3 {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // where `cargo install` put s3s-fs, not configuration
+fn dirs_home() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from)
+}
+
+// --- OpenBao -----------------------------------------------------------------------
+
+/// An OpenBao dev server of its own (in memory), which can be sealed and
+/// unsealed with the key it prints at start.
+pub struct PrivateBao {
+    /// Killed when dropped.
+    _process: ChildProcess,
+    pub addr: String,
+    pub root: String,
+    unseal_key: String,
+    http: reqwest::Client,
+}
+
+impl PrivateBao {
+    /// Starts `bao server -dev` (the repository's `.venv/bin/bao`, else
+    /// `bao` on the PATH) and waits until it is healthy.
+    pub async fn start(repo: &Path) -> anyhow::Result<Self> {
+        let venv = repo.join(".venv/bin/bao");
+        let bin = if venv.is_file() {
+            venv
+        } else {
+            PathBuf::from("bao")
+        };
+        let port = free_port();
+        let root = format!("root-{}", uuid::Uuid::new_v4().simple());
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "server",
+            "-dev",
+            &format!("-dev-root-token-id={root}"),
+            &format!("-dev-listen-address=127.0.0.1:{port}"),
+        ])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", std::env::temp_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        let mut process = ChildProcess::spawn("openbao", &mut cmd)?;
+        let stdout = process
+            .take_stdout()
+            .ok_or_else(|| anyhow::anyhow!("no stdout from bao"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(key) = line.trim().strip_prefix("Unseal Key: ") {
+                    let _ = tx.send(key.trim().to_owned());
+                }
+            }
+        });
+        let unseal_key =
+            tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+                .await?
+                .map_err(|_| anyhow::anyhow!("bao server -dev printed no unseal key in 60 s"))?;
+        let bao = Self {
+            _process: process,
+            addr: format!("http://127.0.0.1:{port}"),
+            root,
+            unseal_key,
+            http: reqwest::Client::new(),
+        };
+        let until = Instant::now() + Duration::from_secs(30);
+        while bao.health().await != Some(200) {
+            anyhow::ensure!(
+                Instant::now() < until,
+                "the private OpenBao never became healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(bao)
+    }
+
+    /// `sys/health`'s status (200 unsealed, 503 sealed).
+    pub async fn health(&self) -> Option<u16> {
+        self.http
+            .get(format!("{}/v1/sys/health", self.addr))
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    }
+
+    /// Calls the API with the root token; fails unless 2xx.
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}/v1/{path}", self.addr))
+            .header("x-vault-token", &self.root);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        anyhow::ensure!(status.is_success(), "{method} {path}: {status}: {text}");
+        Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Seals it.
+    pub async fn seal(&self) -> anyhow::Result<()> {
+        self.api(reqwest::Method::PUT, "sys/seal", None).await?;
+        anyhow::ensure!(
+            self.health().await == Some(503),
+            "still unsealed after sys/seal"
+        );
+        Ok(())
+    }
+
+    /// Unseals it with its key.
+    pub async fn unseal(&self) -> anyhow::Result<()> {
+        let state = self
+            .api(
+                reqwest::Method::PUT,
+                "sys/unseal",
+                Some(serde_json::json!({ "key": self.unseal_key })),
+            )
+            .await?;
+        anyhow::ensure!(
+            state["sealed"] == serde_json::json!(false),
+            "still sealed: {state}"
+        );
+        Ok(())
+    }
+
+    /// A database secrets engine at `mount` whose role `svc` makes logins
+    /// (lease `ttl`, e.g. `10s`) that are members of `group` on the server
+    /// of the superuser URL `admin_url`.
+    pub async fn database_engine(
+        &self,
+        mount: &str,
+        admin_url: &str,
+        group: &str,
+        ttl: &str,
+    ) -> anyhow::Result<()> {
+        let (host, port, user, password) = platform::testing::database_login(admin_url);
+        self.api(
+            reqwest::Method::POST,
+            &format!("sys/mounts/{mount}"),
+            Some(serde_json::json!({ "type": "database" })),
+        )
+        .await?;
+        self.api(
+            reqwest::Method::POST,
+            &format!("{mount}/config/pg"),
+            Some(serde_json::json!({
+                "plugin_name": "postgresql-database-plugin",
+                "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@{host}:{port}/postgres?sslmode=disable"),
+                "username": user,
+                "password": if password.is_empty() { "unused-with-trust-auth".to_owned() } else { password },
+                "allowed_roles": ["svc"],
+                "verify_connection": true,
+            })),
+        )
+        .await?;
+        self.api(
+            reqwest::Method::POST,
+            &format!("{mount}/roles/svc"),
+            Some(serde_json::json!({
+                "db_name": "pg",
+                "creation_statements": [format!(
+                    "CREATE ROLE \"{{{{name}}}}\" WITH LOGIN PASSWORD '{{{{password}}}}' VALID UNTIL '{{{{expiration}}}}' IN ROLE \"{group}\";"
+                )],
+                "revocation_statements": ["DROP ROLE IF EXISTS \"{{name}}\";"],
+                "default_ttl": ttl,
+                "max_ttl": "1h",
+            })),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Revokes every lease under `prefix` (drops the logins it made).
+    pub async fn revoke_prefix(&self, prefix: &str) -> anyhow::Result<()> {
+        self.api(
+            reqwest::Method::PUT,
+            &format!("sys/leases/revoke-prefix/{prefix}"),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+// --- A proxy that can stall ---------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Open,
+    Stall,
+}
+
+/// A loopback TCP proxy whose connections can be stalled, as a network
+/// black hole would: while stalled, no byte moves either way on existing
+/// connections, and new connections are accepted but not forwarded (their
+/// handshake hangs); on restore everything flows again, held connections
+/// included.
+pub struct StallProxy {
+    addr: SocketAddr,
+    mode: watch::Sender<Mode>,
+    stop: CancellationToken,
+    live: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl StallProxy {
+    /// Forwards a fresh loopback port to `target`.
+    pub async fn start(target: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (mode, _) = watch::channel(Mode::Open);
+        let stop = CancellationToken::new();
+        let live = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (tx, st, lv, ac) = (mode.clone(), stop.clone(), live.clone(), accepted.clone());
+        tokio::spawn(async move {
+            loop {
+                let inbound = tokio::select! {
+                    () = st.cancelled() => return,
+                    a = listener.accept() => match a {
+                        Ok((s, _)) => s,
+                        Err(_) => continue,
+                    },
+                };
+                ac.fetch_add(1, Ordering::Relaxed);
+                let (rx, st, lv) = (tx.subscribe(), st.clone(), lv.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = st.cancelled() => {}
+                        () = forward(inbound, target, rx, lv) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            mode,
+            stop,
+            live,
+            accepted,
+        })
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops every byte.
+    pub fn stall(&self) {
+        let _ = self.mode.send(Mode::Stall);
+    }
+
+    /// Lets bytes flow again.
+    pub fn restore(&self) {
+        let _ = self.mode.send(Mode::Open);
+    }
+
+    /// Connections open through it now (forwarding or held).
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted since it started.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for StallProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn open(rx: &mut watch::Receiver<Mode>) -> bool {
+    while *rx.borrow_and_update() == Mode::Stall {
+        if rx.changed().await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+async fn forward(
+    inbound: TcpStream,
+    target: SocketAddr,
+    mut rx: watch::Receiver<Mode>,
+    live: Arc<AtomicUsize>,
+) {
+    struct Live(Arc<AtomicUsize>);
+    impl Drop for Live {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    live.fetch_add(1, Ordering::Relaxed);
+    let _live = Live(live);
+    if !open(&mut rx).await {
+        return;
+    }
+    let Ok(outbound) = TcpStream::connect(target).await else {
+        return;
+    };
+    let (ir, iw) = inbound.into_split();
+    let (or, ow) = outbound.into_split();
+    tokio::select! {
+        () = pump(ir, ow, rx.clone()) => {}
+        () = pump(or, iw, rx) => {}
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: watch::Receiver<Mode>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if !open(&mut rx).await {
+            return;
+        }
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            c = rx.changed() => {
+                if c.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        // Bytes read just before a stall wait for the end of it.
+        if !open(&mut rx).await {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+// --- /proc -----------------------------------------------------------------------------
+
+/// What `/proc` says of a process now.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcStats {
+    /// Resident memory, KiB (`VmRSS`).
+    pub rss_kib: u64,
+    /// Open file descriptors.
+    pub fds: u64,
+    /// Threads.
+    pub threads: u64,
+}
+
+/// `None` when the process is gone.
+pub fn proc_stats(pid: u32) -> Option<ProcStats> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
+    Some(ProcStats {
+        rss_kib: field("VmRSS:"),
+        fds,
+        threads: field("Threads:"),
+    })
+}
+
+/// Open file descriptors of a process by kind (`socket`, `pipe`,
+/// `anon_inode:[eventfd]`, `file`...), to tell what grew.
+pub fn fd_kinds(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut kinds = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return kinds;
+    };
+    for e in dir.filter_map(Result::ok) {
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let t = target.to_string_lossy();
+        let kind = if t.starts_with("socket:") {
+            "socket".to_owned()
+        } else if t.starts_with("pipe:") {
+            "pipe".to_owned()
+        } else if t.starts_with("anon_inode:") {
+            t.into_owned()
+        } else {
+            "file".to_owned()
+        };
+        *kinds.entry(kind).or_insert(0) += 1;
+    }
+    kinds
+}
