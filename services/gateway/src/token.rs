@@ -135,13 +135,32 @@ impl TokenKeys {
 }
 
 /// Verifies access tokens against [`TokenKeys`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TokenVerifier {
     keys: TokenKeys,
     issuer: String,
     audience: String,
     leeway_secs: i64,
+    /// SHA-256 of a token whose signature verified → its `kid` and claims:
+    /// a token is sent with every request of a session, and its ES256
+    /// verification is most of what an authenticated request costs. The
+    /// claim checks (issuer, audience, times) still run on every request,
+    /// and a hit counts only while its key is still published.
+    verified: moka::sync::Cache<[u8; 32], Arc<(String, AccessClaims)>>,
 }
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway_secs", &self.leeway_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a verified signature is remembered.
+const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl TokenVerifier {
     /// A verifier for tokens of `issuer` meant for `audience`; the leeway is
@@ -152,6 +171,10 @@ impl TokenVerifier {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             leeway_secs: leeway_secs.min(MAX_LEEWAY_SECS) as i64,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(VERIFIED_TTL)
+                .build(),
         }
     }
 
@@ -162,6 +185,12 @@ impl TokenVerifier {
 
     /// Verifies `token` at Unix time `now` (seconds) and answers its claims.
     pub fn verify(&self, token: &str, now: i64) -> Result<AccessClaims, TokenError> {
+        let digest = evidence::sha256(token.as_bytes());
+        if let Some(hit) = self.verified.get(&digest)
+            && self.keys.snapshot().contains_key(hit.0.as_str())
+        {
+            return self.check_claims(hit.1.clone(), now);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::ES256 {
             return Err(TokenError::Algorithm);
@@ -186,7 +215,13 @@ impl TokenVerifier {
                 _ => TokenError::Malformed,
             }
         })?;
-        let claims = data.claims;
+        self.verified
+            .insert(digest, Arc::new((kid.to_owned(), data.claims.clone())));
+        self.check_claims(data.claims, now)
+    }
+
+    /// The checks of a verified token's claims against the caller's clock.
+    fn check_claims(&self, claims: AccessClaims, now: i64) -> Result<AccessClaims, TokenError> {
         if claims.iss != self.issuer {
             return Err(TokenError::Issuer);
         }
@@ -282,6 +317,45 @@ mod tests {
             f.verifier.verify(&token, NOW - 61),
             Err(TokenError::NotYetValid)
         );
+    }
+
+    #[test]
+    fn a_remembered_signature_still_meets_the_clock_and_needs_its_key_published() {
+        let f = fixture();
+        let c = claims();
+        let token = sign(&f, &c);
+        assert_eq!(f.verifier.verify(&token, NOW).unwrap(), c);
+        assert_eq!(
+            f.verifier
+                .verified
+                .get(&evidence::sha256(token.as_bytes()))
+                .map(|h| h.1.clone()),
+            Some(c.clone())
+        );
+        // Served from memory: the times are still checked against `now`.
+        assert_eq!(f.verifier.verify(&token, NOW).unwrap(), c);
+        assert_eq!(
+            f.verifier.verify(&token, c.exp + 60),
+            Err(TokenError::Expired)
+        );
+        // Other claims under the remembered signature are not the remembered token.
+        let mut other_claims = c.clone();
+        other_claims.roles = vec![Role::Admin];
+        let (head, rest) = token.split_once('.').unwrap();
+        let signature = rest.split_once('.').unwrap().1;
+        let forged = format!(
+            "{head}.{}.{signature}",
+            B64.encode(serde_json::to_vec(&other_claims).unwrap())
+        );
+        assert_eq!(f.verifier.verify(&forged, NOW), Err(TokenError::Signature));
+        // Once its key is withdrawn, the remembered token is refused too.
+        let other = SigningKey::generate().public_key();
+        let mut jwk = other.jwk();
+        jwk["kid"] = other.key_id().to_string().into();
+        jwk["alg"] = "ES256".into();
+        jwk["use"] = "sig".into();
+        assert_eq!(f.verifier.keys.replace(&[jwk]), 1);
+        assert_eq!(f.verifier.verify(&token, NOW), Err(TokenError::UnknownKey));
     }
 
     #[test]
