@@ -11,7 +11,7 @@
 #   7. fault injection under load: `chaos --short` (the debug build of step 3):
 #      ingest killed, broker connections cut, S3 killed, OpenBao sealed, each
 #      mid-load, then healed; fails if a package is lost, duplicated or
-#      unexpected, or a row lacks its blob (about 4 minutes; TALLYHOUSE_CHAOS=0
+#      unexpected, or a row lacks its blob (about 2-3 minutes; TALLYHOUSE_CHAOS=0
 #      skips it; docs/reliability.md)
 # With arguments, only steps 1-4 run and the arguments go to nextest (or to
 # cargo test), e.g. `deployment/test.sh -E 'test(/^cli::/)'`.

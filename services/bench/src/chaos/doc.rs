@@ -97,23 +97,23 @@ fn details(s: &Scenario, v: &Verdict) -> String {
         )),
         "broker-stall" => {
             let before = get("before");
+            let idle = get("idle_after");
             let cycles = get("cycles");
             let c = |i: usize, phase: &str, k: &str| cycles[i][phase][k].clone();
             parts.push(format!(
-                "broker connections through the proxy: {} before, {} / {} during the two outages (connects held by the black hole), {} / {} after; service descriptors {} before, {} / {} after; threads {} before, {} / {} during, {} / {} after",
-                before["broker_connections"],
-                c(0, "stalled", "broker_connections"),
-                c(1, "stalled", "broker_connections"),
-                c(0, "after", "broker_connections"),
-                c(1, "after", "broker_connections"),
-                before["fds"],
-                c(0, "after", "fds"),
-                c(1, "after", "fds"),
+                "services' sockets to the broker {} before, {} / {} during the two outages (connects that timed out, held by the black hole), {} / {} after, {} idle at the end; threads {} before, {} / {} during, {} idle at the end; all descriptors {} before, {} idle at the end (grown once, not per outage: an epoll/eventfd set per service and pooled database and HTTP connections)",
+                before["amqp_sockets"],
+                c(0, "stalled", "amqp_sockets"),
+                c(1, "stalled", "amqp_sockets"),
+                c(0, "after", "amqp_sockets"),
+                c(1, "after", "amqp_sockets"),
+                idle["amqp_sockets"],
                 before["threads"],
                 c(0, "stalled", "threads"),
                 c(1, "stalled", "threads"),
-                c(0, "after", "threads"),
-                c(1, "after", "threads"),
+                idle["threads"],
+                before["fds"],
+                idle["fds"],
             ));
         }
         "vault-seal" => parts.push(format!(

@@ -6,7 +6,9 @@
 
 use crate::check::{Timeline, Verdict, check};
 use crate::load::{History, Load, LoadConfig, Submitter};
-use crate::servers::{PrivateBao, PrivatePostgres, PrivateS3, StallProxy, fd_kinds, proc_stats};
+use crate::servers::{
+    PrivateBao, PrivatePostgres, PrivateS3, StallProxy, fd_kinds, proc_stats, sockets_to,
+};
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use platform::amqp::BrokerUri;
@@ -59,7 +61,7 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "ingest-kill",
             short: true,
-            injected: "two ingest instances; one killed with SIGKILL mid-load; a replacement started, then the survivor killed too",
+            injected: "two ingest instances; one killed with SIGKILL mid-load (after 2 s of as much load as the submitters can send); a replacement started, then the survivor killed the same way",
             expected: "unacknowledged deliveries of the killed instance are redelivered to the other; no error, no loss",
             run: |c| ingest_kill(c).boxed(),
         },
@@ -566,21 +568,33 @@ async fn broker_cut(ctx: &Ctx) -> anyhow::Result<Verdict> {
     outcome
 }
 
-/// Open file descriptors and threads of every service process, summed,
-/// and the descriptors of each.
-fn service_totals(stack: &mut Stack) -> (u64, u64, serde_json::Value) {
-    let mut fds = 0;
-    let mut threads = 0;
-    let mut each = serde_json::Map::new();
+/// What the services hold: open descriptors, threads, sockets to the
+/// broker's `port` (summed), and the details of each.
+struct Held {
+    fds: u64,
+    threads: u64,
+    amqp_sockets: u64,
+    each: serde_json::Value,
+}
+
+fn service_totals(stack: &mut Stack, port: u16) -> Held {
+    let mut held = Held {
+        fds: 0,
+        threads: 0,
+        amqp_sockets: 0,
+        each: json!({}),
+    };
     for name in stack.process_names() {
         let pid = stack.process(&name).id();
         if let Some(s) = proc_stats(pid) {
-            fds += s.fds;
-            threads += s.threads;
-            each.insert(name, json!({ "fds": s.fds, "kinds": fd_kinds(pid) }));
+            let amqp = sockets_to(pid, port);
+            held.fds += s.fds;
+            held.threads += s.threads;
+            held.amqp_sockets += amqp;
+            held.each[name] = json!({ "fds": s.fds, "amqp_sockets": amqp, "kinds": fd_kinds(pid) });
         }
     }
-    (fds, threads, serde_json::Value::Object(each))
+    held
 }
 
 async fn broker_stall(ctx: &Ctx) -> anyhow::Result<Verdict> {
@@ -604,9 +618,10 @@ async fn broker_stall(ctx: &Ctx) -> anyhow::Result<Verdict> {
         let fault = ctx.fault.max(Duration::from_secs(30));
         let gap = Duration::from_secs(10);
         let inject = ctx.warmup;
+        let port = proxy.addr().port();
         let mut figures = Vec::new();
         let mut t = inject;
-        let mut settled = vec![(service_totals(&mut stack), proxy.live())];
+        let mut settled = vec![(service_totals(&mut stack, port), proxy.live())];
         let accepted0 = proxy.accepted();
         for cycle in 1..=2 {
             run.until(t).await;
@@ -618,7 +633,7 @@ async fn broker_stall(ctx: &Ctx) -> anyhow::Result<Verdict> {
             }
             t += fault;
             run.until(t).await;
-            let stalled = (service_totals(&mut stack), proxy.live());
+            let stalled = (service_totals(&mut stack, port), proxy.live());
             proxy.restore();
             if cycle == 2 {
                 run.healed("bytes flow again");
@@ -627,40 +642,47 @@ async fn broker_stall(ctx: &Ctx) -> anyhow::Result<Verdict> {
             }
             t += gap;
             run.until(t).await;
-            let after = (service_totals(&mut stack), proxy.live());
-            figures.push(json!({
-                "cycle": cycle,
-                "stalled": { "fds": stalled.0.0, "threads": stalled.0.1, "broker_connections": stalled.1, "each": stalled.0.2 },
-                "after": { "fds": after.0.0, "threads": after.0.1, "broker_connections": after.1, "each": after.0.2 },
-            }));
+            let after = (service_totals(&mut stack, port), proxy.live());
+            let show = |(h, live): &(Held, usize)| {
+                json!({ "fds": h.fds, "threads": h.threads, "amqp_sockets": h.amqp_sockets,
+                        "broker_connections": live, "each": h.each })
+            };
+            figures.push(json!({ "cycle": cycle, "stalled": show(&stalled), "after": show(&after) }));
             settled.push(after);
         }
         let end = t + ctx.after;
         let mut v = run.finish(ctx, end, &stack.ingest_db_url, &stack.evidence).await?;
-        let ((fds0, threads0, each0), live0) = &settled[0];
-        let ((fds1, _, _), live1) = &settled[1];
-        let ((fds2, threads2, _), live2) = &settled[2];
+        // Once more after the load, everything idle.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        settled.push((service_totals(&mut stack, port), proxy.live()));
+        let (h0, live0) = &settled[0];
+        let (h3, live3) = &settled[3];
         v.extra.insert(
             "before".into(),
-            json!({ "fds": fds0, "threads": threads0, "broker_connections": live0, "each": each0 }),
+            json!({ "fds": h0.fds, "threads": h0.threads, "amqp_sockets": h0.amqp_sockets,
+                    "broker_connections": live0, "each": h0.each }),
+        );
+        v.extra.insert(
+            "idle_after".into(),
+            json!({ "fds": h3.fds, "threads": h3.threads, "amqp_sockets": h3.amqp_sockets,
+                    "broker_connections": live3, "each": h3.each }),
         );
         v.extra.insert("cycles".into(), json!(figures));
         v.extra.insert(
             "broker_connections_accepted".into(),
             json!(proxy.accepted() - accepted0),
         );
-        v.extra.insert(
-            "service_fds".into(),
-            json!({ "before": fds0, "after_first": fds1, "after_second": fds2 }),
-        );
-        if live1 > live0 || live2 > live0 {
+        let sockets: Vec<u64> = settled.iter().map(|(h, _)| h.amqp_sockets).collect();
+        let live: Vec<usize> = settled.iter().map(|(_, l)| *l).collect();
+        if sockets.iter().any(|n| *n > sockets[0]) || live.iter().any(|n| *n > live[0]) {
             v.fail(format!(
-                "more broker connections after the stalls than before ({live0} → {live1} → {live2}): a connection leak"
+                "more broker connections after the stalls than before (services' sockets {sockets:?}, through the proxy {live:?}): a connection leak"
             ));
         }
-        if fds2 > fds1 {
+        if h3.threads > h0.threads {
             v.notes.push(format!(
-                "service file descriptors: {fds0} before, {fds1} after the first outage, {fds2} after the second; threads {threads0} → {threads2}"
+                "service threads {} before, {} idle after",
+                h0.threads, h3.threads
             ));
         }
         Ok(v)

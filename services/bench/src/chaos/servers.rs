@@ -668,3 +668,35 @@ pub fn fd_kinds(pid: u32) -> std::collections::BTreeMap<String, u64> {
     }
     kinds
 }
+
+/// Sockets of process `pid` connected to 127.0.0.1:`port` (from
+/// `/proc/<pid>/fd` and `/proc/net/tcp`), in any TCP state.
+pub fn sockets_to(pid: u32, port: u16) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    let inodes: std::collections::HashSet<String> = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|t| {
+            t.to_string_lossy()
+                .strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .map(str::to_owned)
+        })
+        .collect();
+    let want = format!(":{port:04X}");
+    let mut n = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 9 && cols[2].ends_with(&want) && inodes.contains(cols[9]) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
