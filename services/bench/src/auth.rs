@@ -24,19 +24,18 @@
 //! The services run as in `ingest` (see `crate::local`). See
 //! docs/benchmarks.md.
 
-use crate::compare::{self, Point, cell};
+use crate::compare::{self, OnStack, Point, cell};
 use crate::cpu::{CpuProbe, Scope};
-use crate::harness::{Benchmark, Context};
+use crate::harness::Context;
 use crate::load::CallFn;
 use crate::local;
 use crate::report::{Report, rounded};
 use futures_util::FutureExt as _;
-use futures_util::future::BoxFuture;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use rpc_contracts::auth::{self, AccessClaims, Role, TokenIdentity};
 use std::sync::Arc;
 use std::time::Duration;
-use tests::stack::{Stack, StackOptions};
+use tests::stack::Stack;
 
 /// Requests in flight at each point of the request comparison and of the
 /// pieces alone.
@@ -48,36 +47,11 @@ const TARGET_AUTH_VS_ANONYMOUS: f64 = 0.8;
 const USERNAME: &str = "bench-auth";
 
 /// See the module documentation.
-pub struct AuthBenchmark;
-
-impl Benchmark for AuthBenchmark {
-    fn name(&self) -> &'static str {
-        "auth"
-    }
-
-    fn about(&self) -> &'static str {
-        "GET /v1/auth/me with a bearer token vs its 401 without; logins/s vs Argon2id alone"
-    }
-
-    fn run<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, anyhow::Result<Report>> {
-        run(ctx).boxed()
-    }
-
-    fn missing_environment(&self) -> anyhow::Result<Option<Vec<(String, String)>>> {
-        local::missing_environment()
-    }
-
-    fn cleans_up_on_interrupt(&self) -> bool {
-        true
-    }
-}
-
-async fn run(ctx: &Context) -> anyhow::Result<Report> {
-    let mut stack = local::start_stack(ctx, "auth", StackOptions::default()).await?;
-    let outcome = measure_all(ctx, &mut stack).await;
-    local::stop_stack(stack).await;
-    outcome
-}
+pub const BENCHMARK: OnStack = OnStack {
+    name: "auth",
+    about: "GET /v1/auth/me with a bearer token vs its 401 without; logins/s vs Argon2id alone",
+    measure: |ctx, stack| measure_all(ctx, stack).boxed(),
+};
 
 /// The stored password hash and the Argon2id it names.
 struct StoredHash {

@@ -1,12 +1,56 @@
-//! What the `series`, `auth` and `signing` benchmarks share: a point of
-//! two or more variants measured in interleaved slices (with its progress
-//! lines), the figures of each variant, and the table of CPU time per call
-//! by process.
+//! What the `series`, `auth` and `signing` benchmarks share: a benchmark
+//! run on a platform the end-to-end harness starts ([`OnStack`]), a point
+//! of two or more variants measured in interleaved slices (with its
+//! progress lines), the figures of each variant, and the table of CPU time
+//! per call by process.
 
 use crate::cpu::CpuProbe;
-use crate::harness::Context;
+use crate::harness::{Benchmark, Context};
 use crate::load::{self, CallFn, Measured};
+use crate::local;
 use crate::report::{Report, rounded};
+use futures_util::future::BoxFuture;
+use tests::stack::{Stack, StackOptions};
+
+/// A benchmark that measures the services as separate release processes:
+/// [`local::start_stack`] (the test harness's variables from the local
+/// run, the services built first unless `--no-build`), `measure`, then
+/// [`local::stop_stack`] however it ended (also on Ctrl-C).
+pub struct OnStack {
+    /// The name given on the command line.
+    pub name: &'static str,
+    /// One line for `--list`.
+    pub about: &'static str,
+    /// Measures on the started platform.
+    pub measure: for<'a> fn(&'a Context, &'a mut Stack) -> BoxFuture<'a, anyhow::Result<Report>>,
+}
+
+impl Benchmark for OnStack {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn about(&self) -> &'static str {
+        self.about
+    }
+
+    fn run<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, anyhow::Result<Report>> {
+        Box::pin(async move {
+            let mut stack = local::start_stack(ctx, self.name, StackOptions::default()).await?;
+            let outcome = (self.measure)(ctx, &mut stack).await;
+            local::stop_stack(stack).await;
+            outcome
+        })
+    }
+
+    fn missing_environment(&self) -> anyhow::Result<Option<Vec<(String, String)>>> {
+        local::missing_environment()
+    }
+
+    fn cleans_up_on_interrupt(&self) -> bool {
+        true
+    }
+}
 
 /// The variants measured at one load.
 pub struct Point {

@@ -47,8 +47,8 @@ pub fn registry() -> &'static [&'static dyn Benchmark] {
         &crate::rpc::RpcBenchmark,
         &crate::rpc::RpcBreakdown,
         &crate::ingest::IngestBenchmark,
-        &crate::series::SeriesBenchmark,
-        &crate::auth::AuthBenchmark,
+        &crate::series::BENCHMARK,
+        &crate::auth::BENCHMARK,
         &crate::signing::SigningBenchmark,
         &crate::rollup::RollupBenchmark,
     ]

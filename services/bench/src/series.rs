@@ -16,14 +16,13 @@
 //! `VACUUM (ANALYZE)`, so that neither side pays for hint bits or waits
 //! on autovacuum. See docs/benchmarks.md.
 
-use crate::compare::{self, Point, cell};
+use crate::compare::{self, OnStack, Point, cell};
 use crate::cpu::{CpuProbe, Scope};
-use crate::harness::{Benchmark, Context};
+use crate::harness::Context;
 use crate::load::CallFn;
 use crate::local;
 use crate::report::{Report, rounded};
 use bytes::BufMut as _;
-use futures_util::future::BoxFuture;
 use futures_util::{FutureExt as _, SinkExt as _};
 use rpc_contracts::auth::Role;
 use rpc_contracts::query::{Aggregate, SeriesPoint};
@@ -32,7 +31,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tests::stack::{Stack, StackOptions};
+use tests::stack::Stack;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_postgres::{Client, NoTls, Statement};
@@ -90,36 +89,11 @@ const SQL_ALL: &str = "SELECT date_bin(make_interval(secs => $1), ts, TIMESTAMPT
      WHERE submitter_id = $2 AND series = $3 AND ts >= $4 AND ts < $5 GROUP BY 1 ORDER BY 1";
 
 /// See the module documentation.
-pub struct SeriesBenchmark;
-
-impl Benchmark for SeriesBenchmark {
-    fn name(&self) -> &'static str {
-        "series"
-    }
-
-    fn about(&self) -> &'static str {
-        "an aggregate over 10M records: GET /v1/series through the gateway vs one SQL statement"
-    }
-
-    fn run<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, anyhow::Result<Report>> {
-        run(ctx).boxed()
-    }
-
-    fn missing_environment(&self) -> anyhow::Result<Option<Vec<(String, String)>>> {
-        local::missing_environment()
-    }
-
-    fn cleans_up_on_interrupt(&self) -> bool {
-        true
-    }
-}
-
-async fn run(ctx: &Context) -> anyhow::Result<Report> {
-    let mut stack = local::start_stack(ctx, "series", StackOptions::default()).await?;
-    let outcome = measure_all(ctx, &mut stack).await;
-    local::stop_stack(stack).await;
-    outcome
-}
+pub const BENCHMARK: OnStack = OnStack {
+    name: "series",
+    about: "an aggregate over 10M records: GET /v1/series through the gateway vs one SQL statement",
+    measure: |ctx, stack| measure_all(ctx, stack).boxed(),
+};
 
 /// The range loaded and asked: `DAYS` whole UTC days up to the last midnight.
 fn range() -> (OffsetDateTime, OffsetDateTime) {
