@@ -30,12 +30,12 @@ use crate::harness::Context;
 use crate::load::CallFn;
 use crate::local;
 use crate::report::{Report, rounded};
+use ::tests::stack::Stack;
 use futures_util::FutureExt as _;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use rpc_contracts::auth::{self, AccessClaims, Role, TokenIdentity};
 use std::sync::Arc;
 use std::time::Duration;
-use tests::stack::Stack;
 
 /// Requests in flight at each point of the request comparison and of the
 /// pieces alone.
@@ -647,4 +647,22 @@ fn report(
         r.figure("meets_target", meets);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argon2_time_in_auth_is_the_mean_between_two_scrapes() {
+        let before = "# TYPE tallyhouse_auth_argon2_seconds histogram\n\
+            tallyhouse_auth_argon2_seconds_sum{operation=\"verify\"} 0.5\n\
+            tallyhouse_auth_argon2_seconds_count{operation=\"verify\"} 10\n";
+        let after = "tallyhouse_auth_argon2_seconds_sum{operation=\"verify\"} 1.7\n\
+            tallyhouse_auth_argon2_seconds_count{operation=\"verify\"} 70\n\
+            tallyhouse_auth_argon2_seconds_count{operation=\"hash\"} 3\n";
+        let ms = argon2_ms_in_auth(before, after).unwrap();
+        assert!((ms - 20.0).abs() < 1e-9, "{ms}");
+        assert_eq!(argon2_ms_in_auth(after, after), None);
+    }
 }

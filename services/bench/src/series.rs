@@ -22,6 +22,7 @@ use crate::harness::Context;
 use crate::load::CallFn;
 use crate::local;
 use crate::report::{Report, rounded};
+use ::tests::stack::Stack;
 use bytes::BufMut as _;
 use futures_util::{FutureExt as _, SinkExt as _};
 use rpc_contracts::auth::Role;
@@ -31,7 +32,6 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tests::stack::Stack;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_postgres::{Client, NoTls, Statement};
@@ -926,4 +926,39 @@ fn report(ctx: &Context, probe: &CpuProbe, points: &[Point], setup: &Setup) -> R
         r.figure("meets_target", meets);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_package_is_binary_copy_of_per_package_rows_over_its_day() {
+        let day = time::macros::datetime!(2026-03-01 00:00 UTC);
+        let bytes = encode_package("operator-01", day, Uuid::nil(), 7);
+        assert!(bytes.starts_with(b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0"));
+        assert!(bytes.ends_with(&(-1i16).to_be_bytes()));
+        let mut at = 19;
+        let mut rows = 0;
+        let mut last_ts = i64::MIN;
+        let int = |b: &[u8]| i32::from_be_bytes(b.try_into().unwrap()) as usize;
+        while i16::from_be_bytes([bytes[at], bytes[at + 1]]) == 7 {
+            at += 2;
+            for field in 0..7 {
+                let len = int(&bytes[at..at + 4]);
+                at += 4;
+                if field == 1 {
+                    let ts = i64::from_be_bytes(bytes[at..at + 8].try_into().unwrap());
+                    assert!(ts > last_ts);
+                    last_ts = ts;
+                }
+                at += len;
+            }
+            rows += 1;
+        }
+        assert_eq!(rows, PER_PACKAGE);
+        assert_eq!(at + 2, bytes.len());
+        let last = PG_EPOCH_US + last_ts;
+        assert!(last < (day + time::Duration::DAY).unix_timestamp() * 1_000_000);
+    }
 }
