@@ -41,6 +41,18 @@ variable "require_citus" {
   default     = true
 }
 
+variable "retention_days" {
+  description = "Records retention in days (TALLYHOUSE_RETENTION_DAYS): older partitions are archived, then dropped; above the record age limit (400)."
+  type        = number
+  default     = 1830
+}
+
+variable "blob_retention_days" {
+  description = "Raw package blobs retention in days after receipt (TALLYHOUSE_BLOB_RETENTION_DAYS); never below retention_days."
+  type        = number
+  default     = 2200
+}
+
 variable "ingest_image" {
   description = "Image repository of ingest."
   type        = string
@@ -238,6 +250,12 @@ job "ingest" {
         TALLYHOUSE_DATABASE_GROUP_ROLE  = "tallyhouse_ingest"
         # Signature checks at once: the cores this task is given, not the host's.
         TALLYHOUSE_VERIFY_CONCURRENCY = "2"
+        # The archive and cleanup jobs run in this service (docs/lifecycle.md):
+        # partitions past the records retention go to the archive bucket (the
+        # same MinIO and credentials), raw blobs are kept longer.
+        TALLYHOUSE_ARCHIVE_BUCKET      = "tallyhouse-archive"
+        TALLYHOUSE_RETENTION_DAYS      = var.retention_days
+        TALLYHOUSE_BLOB_RETENTION_DAYS = var.blob_retention_days
       }
 
       template {

@@ -30,6 +30,8 @@ def test_only_the_tallyhouse_tags_change_and_comments_stay():
         "seal",
         "verify_seals",
         "rollup",
+        "archive",
+        "cleanup",
     }
     before, after = yaml.safe_load(text), yaml.safe_load(out)
     tasks_before = before["config"]["tallyhouse-application:tasks"]

@@ -130,6 +130,21 @@ define_call!(
     /// A page of the audit trail, newest first.
     ListAudit, "auth.v1.list_audit", ListAuditRequest => AuditPage
 );
+define_call!(
+    QUEUE,
+    /// Forgets what auth keeps only for a while: login-throttle state past
+    /// its reset time and revocations of tokens that have expired anyway.
+    /// Never an audit entry. Called by the ingest `cleanup` job.
+    PurgeStale, "auth.v1.purge_stale", PurgeStaleRequest => PurgeStaleResponse
+);
+define_call!(
+    QUEUE,
+    /// One step of the token signing key's rotation (the ingest
+    /// `rotate-keys` job calls it): publishes a next key when the active one
+    /// is due, activates a published one whose time has come, retires
+    /// previous keys whose tokens have all expired.
+    RotateSigningKey, "auth.v1.rotate_signing_key", RotateSigningKeyRequest => RotateSigningKeyResponse
+);
 
 /// A back-office role. Each gateway endpoint names the roles it admits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -520,4 +535,44 @@ pub struct AuditPage {
     pub entries: Vec<AuditEntry>,
     /// Pass as `before_id` for the next page; `None` at the end.
     pub next_cursor: Option<i64>,
+}
+
+/// Request of [`PurgeStale`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeStaleRequest {}
+
+/// Response of [`PurgeStale`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeStaleResponse {
+    /// Login-throttle rows forgotten.
+    pub throttles: u64,
+    /// Token revocations forgotten (their tokens had expired).
+    pub revocations: u64,
+}
+
+/// Request of [`RotateSigningKey`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSigningKeyRequest {
+    /// The job's time (RFC 3339): what is due is decided with it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub now: time::OffsetDateTime,
+    /// A key is rotated once it has been active this many days.
+    pub rotate_after_days: u32,
+    /// A new key is published this many seconds before it starts signing.
+    pub activation_delay_secs: u64,
+    /// Publish a next key now even if the active one is not due.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Response of [`RotateSigningKey`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RotateSigningKeyResponse {
+    /// What the step did, as a JSON object (published, activated and
+    /// retired key ids, the active key's id).
+    pub summary: serde_json::Value,
+    /// How many keys it published, activated or retired.
+    pub changes: u32,
 }

@@ -18,6 +18,9 @@ pub enum ErrorCode {
     BadRequest,
     /// The thing asked for does not exist.
     NotFound,
+    /// The package is catalogued but its raw bytes were deleted at the end
+    /// of their retention period.
+    EvidenceExpired,
     /// A login failed: unknown user, wrong password or disabled user (one
     /// answer for all three, so that names cannot be probed).
     InvalidCredentials,
@@ -83,6 +86,7 @@ impl ErrorCode {
         match self {
             Self::BadRequest => "bad_request",
             Self::NotFound => "not_found",
+            Self::EvidenceExpired => "evidence_expired",
             Self::InvalidCredentials => "invalid_credentials",
             Self::LoginThrottled => "login_throttled",
             Self::InvalidToken => "invalid_token",
@@ -124,6 +128,7 @@ impl ErrorCode {
     pub const ALL: &'static [ErrorCode] = &[
         Self::BadRequest,
         Self::NotFound,
+        Self::EvidenceExpired,
         Self::InvalidCredentials,
         Self::LoginThrottled,
         Self::InvalidToken,

@@ -45,16 +45,31 @@ pub enum JobName {
     VerifySeals,
     /// Brings the hourly and daily rollups up to date.
     Rollup,
+    /// Exports partitions past the retention period to S3, verifies the
+    /// export by reading it back, then detaches and drops them.
+    Archive,
+    /// Brings one archived partition back (needs [`RunJobRequest::partition`]).
+    Restore,
+    /// Removes what is no longer needed: orphan blobs, blobs past their
+    /// retention, expired token revocations and login-throttle state, old
+    /// run records. Never an audit entry or a package inside retention.
+    Cleanup,
+    /// Rotates the receipt and access-token signing keys.
+    RotateKeys,
 }
 
 impl JobName {
     /// Every job, in the order they are documented.
-    pub const ALL: [JobName; 5] = [
+    pub const ALL: [JobName; 9] = [
         JobName::PartitionsAhead,
         JobName::Columnar,
         JobName::Seal,
         JobName::VerifySeals,
         JobName::Rollup,
+        JobName::Archive,
+        JobName::Restore,
+        JobName::Cleanup,
+        JobName::RotateKeys,
     ];
 
     /// The wire and command-line name.
@@ -65,6 +80,10 @@ impl JobName {
             JobName::Seal => "seal",
             JobName::VerifySeals => "verify-seals",
             JobName::Rollup => "rollup",
+            JobName::Archive => "archive",
+            JobName::Restore => "restore",
+            JobName::Cleanup => "cleanup",
+            JobName::RotateKeys => "rotate-keys",
         }
     }
 }
@@ -94,6 +113,10 @@ impl std::str::FromStr for JobName {
 pub struct RunJobRequest {
     /// The job to run.
     pub job: JobName,
+    /// The partition to restore (`records_pYYYYMMDD`): required by
+    /// [`JobName::Restore`], refused for the other jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
 }
 
 /// Response of [`RunJob`].

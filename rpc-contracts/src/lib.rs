@@ -102,6 +102,11 @@ pub const ALL_CALLS: &[(ServiceQueue, &str)] = &[
     (auth::ClearThrottle::SERVICE, auth::ClearThrottle::METHOD),
     (auth::AppendAudit::SERVICE, auth::AppendAudit::METHOD),
     (auth::ListAudit::SERVICE, auth::ListAudit::METHOD),
+    (auth::PurgeStale::SERVICE, auth::PurgeStale::METHOD),
+    (
+        auth::RotateSigningKey::SERVICE,
+        auth::RotateSigningKey::METHOD,
+    ),
     (query::Ping::SERVICE, query::Ping::METHOD),
     (query::ListPackages::SERVICE, query::ListPackages::METHOD),
     (query::GetPackage::SERVICE, query::GetPackage::METHOD),

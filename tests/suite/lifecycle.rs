@@ -493,7 +493,10 @@ async fn seals_are_taken_once_out_of_the_write_window_and_a_superusers_change_is
 async fn run_over_rpc(stack: &Stack, job: JobName) -> JobRun {
     let started = stack
         .rpc
-        .call::<jobs::RunJob>(&RunJobRequest { job })
+        .call::<jobs::RunJob>(&RunJobRequest {
+            job,
+            partition: None,
+        })
         .await
         .expect("RunJob");
     assert!(started.started, "{started:?}");

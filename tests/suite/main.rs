@@ -2,6 +2,7 @@
 //! builds its own isolated world (namespace, queues, processes) on the real
 //! servers, so tests run in parallel.
 
+mod archive;
 mod auth;
 mod backoffice;
 mod citus;

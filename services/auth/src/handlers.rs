@@ -17,7 +17,7 @@ use rpc_contracts::auth::{
     ClearThrottleRequest, ClearThrottleResponse, Empty, JwkSet, ListAuditRequest,
     ListThrottlesRequest, ListUsersRequest, LoginRequest, LogoutRequest, MAX_LEEWAY_SECS, Role,
     SetPasswordRequest, TOKEN_LIFETIME_SECS, ThrottleList, ThrottleScope, TokenKeysRequest,
-    TokenStatus, UpdateUserRequest, User, UserList,
+    PurgeStaleRequest, PurgeStaleResponse, TokenStatus, UpdateUserRequest, User, UserList,
 };
 use rpc_contracts::registry::{PingRequest, PingResponse};
 use rpc_contracts::{Call, RpcError};
@@ -872,6 +872,17 @@ pub fn server(auth: Arc<Auth>) -> RpcServer {
     let builder = serve::<auth::ListAudit, _, _>(builder, &auth, |a, _ctx, req| async move {
         a.list_audit(req).await
     });
+    let builder = serve::<auth::PurgeStale, _, _>(
+        builder,
+        &auth,
+        |a, _ctx, _req: PurgeStaleRequest| async move {
+            let (throttles, revocations) = a.forget_stale().await?;
+            Ok(PurgeStaleResponse {
+                throttles,
+                revocations,
+            })
+        },
+    );
     builder.build()
 }
 

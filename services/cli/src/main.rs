@@ -37,6 +37,7 @@ async fn main() -> ExitCode {
         Command::Packages(cmd) => commands::backoffice::packages(cmd, &ctx).await,
         Command::Series(args) => commands::backoffice::series(args, &ctx).await,
         Command::Job(cmd) => commands::job::run(cmd, &ctx).await,
+        Command::Archive(cmd) => commands::archive::run(cmd, &ctx).await,
     };
     ctx.close().await;
     match outcome {

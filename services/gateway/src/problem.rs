@@ -48,6 +48,7 @@ pub(crate) fn status_of(code: ErrorCode) -> (StatusCode, &'static str, Option<u3
             None,
         ),
         ErrorCode::NotFound => (StatusCode::NOT_FOUND, "Not found", None),
+        ErrorCode::EvidenceExpired => (StatusCode::GONE, "Evidence past its retention", None),
         ErrorCode::Conflict => (StatusCode::CONFLICT, "Conflict", None),
         ErrorCode::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized", None),
         ErrorCode::InvalidToken => (StatusCode::UNAUTHORIZED, "Invalid token", None),

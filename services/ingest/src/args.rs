@@ -49,6 +49,14 @@ pub struct ServeArgs {
         default_value_t = 64 * 1024
     )]
     pub inline_verify_max_bytes: usize,
+    /// The bucket archived partitions go to (the same endpoint and
+    /// credentials as the evidence bucket).
+    #[arg(
+        long,
+        env = "TALLYHOUSE_ARCHIVE_BUCKET",
+        default_value = "tallyhouse-archive"
+    )]
+    pub archive_bucket: String,
     /// The lifecycle jobs, when run over RPC (`tallyhouse job run`).
     #[command(flatten)]
     pub jobs: JobOptions,

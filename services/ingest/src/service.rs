@@ -96,6 +96,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .source(crate::SERVICE, crate::metrics::pool_stats(pool))
         .register(&mut svc.registry);
     let rpc = RpcClient::start(svc.rpc.clone(), svc.rpc_metrics.clone());
+    let archive = EvidenceStore::new(
+        &platform::s3::S3Args {
+            s3_bucket: args.archive_bucket.clone(),
+            ..args.s3.clone()
+        },
+        &s3_creds,
+    );
+    archive
+        .ensure_bucket()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    lifecycle.provide(crate::jobs::Resources {
+        evidence: Some(evidence.clone()),
+        archive: Some(archive),
+        rpc: Some(rpc.clone()),
+        vault: Some(svc.vault.clone()),
+        partition: None,
+    });
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let ingest = Arc::new(Ingest {
         keys: KeyDirectory::new(rpc.clone(), Duration::from_millis(args.key_cache_ttl_ms)),

@@ -26,6 +26,15 @@ pub enum QueryError {
         /// The package asked for.
         package_id: Uuid,
     },
+    /// The package row exists but its blob was deleted at the end of its
+    /// retention period.
+    #[error("the raw bytes of package {package_id} (submitter {submitter_id}) are past their retention")]
+    EvidenceExpired {
+        /// The submitter.
+        submitter_id: SubmitterId,
+        /// The package.
+        package_id: Uuid,
+    },
     /// The package row exists but its blob is missing or shorter than the
     /// row says: stored evidence has been lost.
     #[error(
@@ -77,6 +86,7 @@ impl From<QueryError> for RpcError {
         let code = match &e {
             QueryError::BadRequest { .. } => ErrorCode::BadRequest,
             QueryError::UnknownPackage { .. } => ErrorCode::NotFound,
+            QueryError::EvidenceExpired { .. } => ErrorCode::EvidenceExpired,
             QueryError::EvidenceLost { .. } => {
                 // Loud on purpose: this is the one failure that must never happen.
                 tracing::error!(alert = "evidence_lost", error = %e, "EVIDENCE LOST");

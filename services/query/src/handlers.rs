@@ -155,6 +155,12 @@ impl Query {
                 submitter_id: req.submitter_id.clone(),
                 package_id: req.package_id,
             })?;
+        if row.expired {
+            return Err(QueryError::EvidenceExpired {
+                submitter_id: req.submitter_id.clone(),
+                package_id: req.package_id,
+            });
+        }
         let total_size = u64::try_from(row.size_bytes)
             .map_err(|_| QueryError::Corrupt(format!("size_bytes {}", row.size_bytes)))?;
         if req.offset > total_size {

@@ -51,6 +51,8 @@ pub struct DetailRow {
 pub struct BlobRow {
     pub size_bytes: i64,
     pub blob_key: String,
+    /// The blob was deleted at the end of its retention (`blob_expiries`).
+    pub expired: bool,
 }
 
 /// One aggregated bucket.
@@ -489,7 +491,9 @@ impl Store {
     /// Where a package's bytes are, if it is stored.
     pub async fn blob(&self, submitter_id: &str, package_id: Uuid) -> Result<Option<BlobRow>> {
         sqlx::query_as::<_, BlobRow>(
-            "SELECT size_bytes, blob_key FROM packages WHERE submitter_id = $1 AND package_id = $2",
+            "SELECT p.size_bytes, p.blob_key,
+                    EXISTS (SELECT 1 FROM blob_expiries e WHERE e.sha256 = p.sha256) AS expired
+             FROM packages p WHERE p.submitter_id = $1 AND p.package_id = $2",
         )
         .bind(submitter_id)
         .bind(package_id)

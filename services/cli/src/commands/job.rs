@@ -42,6 +42,47 @@ pub enum JobCommand {
     },
 }
 
+/// Starts a run of `request.job`; with `wait`, follows it until it ends
+/// (or `wait` passes) and fails when it did not end `ok`.
+pub async fn run_job(
+    ctx: &Context,
+    request: RunJobRequest,
+    wait: Option<Duration>,
+) -> Result<(), CliError> {
+    let job = request.job;
+    let started = ctx.rpc.call::<jobs::RunJob>(&request).await?;
+    let (run_id, wait) = match (started.run_id, wait) {
+        (Some(run_id), Some(wait)) => (run_id, wait),
+        _ => {
+            ctx.output.print(&started, || started.message.clone());
+            return Ok(());
+        }
+    };
+    ctx.output.note(&started.message);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let run = one(ctx, run_id).await?;
+        if let Some(outcome) = run.outcome {
+            ctx.output.print(&run, || show(&run));
+            return match outcome {
+                JobOutcome::Ok => Ok(()),
+                _ => Err(CliError::Rejected(format!(
+                    "run {run_id} of {job} ended {}",
+                    outcome.as_str()
+                ))),
+            };
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CliError::Rejected(format!(
+                "run {run_id} of {job} is still running after {} s \
+                 (follow it with `tallyhouse job show {run_id}`)",
+                wait.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Runs a job command.
 pub async fn run(cmd: JobCommand, ctx: &Context) -> Result<(), CliError> {
     match cmd {
@@ -50,36 +91,15 @@ pub async fn run(cmd: JobCommand, ctx: &Context) -> Result<(), CliError> {
             wait,
             wait_secs,
         } => {
-            let started = ctx.rpc.call::<jobs::RunJob>(&RunJobRequest { job }).await?;
-            let run_id = match (started.run_id, wait) {
-                (Some(run_id), true) => run_id,
-                _ => {
-                    ctx.output.print(&started, || started.message.clone());
-                    return Ok(());
-                }
-            };
-            ctx.output.note(&started.message);
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_secs);
-            loop {
-                let run = one(ctx, run_id).await?;
-                if let Some(outcome) = run.outcome {
-                    ctx.output.print(&run, || show(&run));
-                    return match outcome {
-                        JobOutcome::Ok => Ok(()),
-                        _ => Err(CliError::Rejected(format!(
-                            "run {run_id} of {job} ended {}",
-                            outcome.as_str()
-                        ))),
-                    };
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(CliError::Rejected(format!(
-                        "run {run_id} of {job} is still running after {wait_secs} s \
-                         (follow it with `tallyhouse job show {run_id}`)"
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            run_job(
+                ctx,
+                RunJobRequest {
+                    job,
+                    partition: None,
+                },
+                wait.then_some(Duration::from_secs(wait_secs)),
+            )
+            .await?;
         }
         JobCommand::Runs { job, limit } => {
             let list = ctx

@@ -4,6 +4,7 @@
 //! `main.rs`'s dispatch. Operator commands (`submitter`, `key`) speak RPC;
 //! submitter-side ones (`keygen`, `sign`, `submit`, `receipt`, `package`)
 //! work on local files and the gateway's public HTTP API.
+pub mod archive;
 pub mod backoffice;
 pub mod job;
 pub mod key;
@@ -119,6 +120,9 @@ pub enum Command {
     /// Run a data lifecycle job now and follow its runs (operator).
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// Restore an archived partition (operator).
+    #[command(subcommand)]
+    Archive(archive::ArchiveCommand),
 }
 
 /// What a command runs with: how to print, and RPC made on first use.

@@ -30,6 +30,43 @@ pub struct JobOptions {
     /// Hours of records the rollup job recomputes per transaction.
     #[arg(long, env = "TALLYHOUSE_ROLLUP_BATCH_HOURS", default_value_t = 24)]
     pub rollup_batch_hours: u32,
+    /// Records retention in days: older partitions are archived to S3, the
+    /// archive verified, then the partition dropped. Must exceed the record
+    /// age limit (partitions are sealed before they are archived).
+    #[arg(long, env = "TALLYHOUSE_RETENTION_DAYS", default_value_t = 1830)]
+    pub retention_days: u32,
+    /// Most partitions one archive run exports (the oldest first).
+    #[arg(long, env = "TALLYHOUSE_ARCHIVE_MAX_PARTITIONS", default_value_t = 7)]
+    pub archive_max_partitions: u32,
+    /// Size in KiB of the parts an archive is uploaded in (S3 multipart:
+    /// at least 5 MiB, the smallest part but the last S3 takes).
+    #[arg(long, env = "TALLYHOUSE_ARCHIVE_PART_KIB", default_value_t = 16 * 1024)]
+    pub archive_part_kib: usize,
+    /// Days a restored partition is kept before the archive job drops it
+    /// again (its archive stays).
+    #[arg(long, env = "TALLYHOUSE_RESTORE_KEEP_DAYS", default_value_t = 14)]
+    pub restore_keep_days: u32,
+    /// Raw package blobs retention in days after receipt; at least the
+    /// records retention (a smaller value is raised to it, with a warning).
+    #[arg(long, env = "TALLYHOUSE_BLOB_RETENTION_DAYS", default_value_t = 2200)]
+    pub blob_retention_days: u32,
+    /// Blobs with no package row are removed once older than this many hours
+    /// (an upload whose row was never committed; a resend reuses the blob).
+    #[arg(long, env = "TALLYHOUSE_ORPHAN_GRACE_HOURS", default_value_t = 48)]
+    pub orphan_grace_hours: u32,
+    /// Days finished job runs and seal check history are kept.
+    #[arg(long, env = "TALLYHOUSE_JOB_HISTORY_DAYS", default_value_t = 400)]
+    pub history_days: u32,
+    /// Days a receipt or token signing key signs before it is rotated.
+    #[arg(long, env = "TALLYHOUSE_KEY_ROTATION_DAYS", default_value_t = 90)]
+    pub key_rotation_days: u32,
+    /// Seconds a new signing key is published before it starts signing.
+    #[arg(
+        long,
+        env = "TALLYHOUSE_KEY_ACTIVATION_DELAY_SECS",
+        default_value_t = 600
+    )]
+    pub key_activation_delay_secs: u64,
 }
 
 impl JobOptions {
@@ -43,6 +80,15 @@ impl JobOptions {
             seal_max_partitions: self.seal_max_partitions.max(1),
             verify_max_partitions: self.seal_verify_max_partitions.max(1),
             rollup_batch_hours: self.rollup_batch_hours.max(1),
+            retention_days: self.retention_days,
+            archive_max_partitions: self.archive_max_partitions.max(1),
+            archive_part_bytes: self.archive_part_kib.max(5 * 1024) * 1024,
+            restore_keep_days: self.restore_keep_days,
+            blob_retention_days: self.blob_retention_days.max(self.retention_days),
+            orphan_grace_hours: self.orphan_grace_hours,
+            history_days: self.history_days.max(1),
+            key_rotation_days: self.key_rotation_days.max(1),
+            key_activation_delay_secs: self.key_activation_delay_secs,
         }
     }
 }
@@ -50,7 +96,9 @@ impl JobOptions {
 /// Flags of `ingest job`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct JobArgs {
-    /// The job: partitions-ahead, columnar, seal, verify-seals or rollup.
+    /// The job: partitions-ahead, columnar, seal, verify-seals or rollup
+    /// (archive, restore, cleanup and rotate-keys need the service's
+    /// buckets, RPC and Vault: `tallyhouse job run <job>`).
     pub job: JobName,
     /// Connection URL of the role the job runs as: the database owner (a
     /// deploy-time credential, as for `migrate`), or the service role,

@@ -12,6 +12,13 @@ use sqlx::ConnectOptions as _;
 
 /// Runs `ingest job`.
 pub async fn run(args: &JobArgs) -> anyhow::Result<()> {
+    if super::needs_service(args.job) {
+        anyhow::bail!(
+            "{job} runs in the ingest service, which has the buckets, RPC and Vault it needs: \
+             use `tallyhouse job run {job} --wait`",
+            job = args.job
+        );
+    }
     let options: sqlx::postgres::PgConnectOptions = args
         .admin_database_url
         .expose_secret()
@@ -27,7 +34,9 @@ pub async fn run(args: &JobArgs) -> anyhow::Result<()> {
     match super::start(conn, args.job, Origin::Command).await? {
         Start::Locked => Ok(()),
         Start::Started(run) => {
-            let finished = run.execute(&config, now).await;
+            let finished = run
+                .execute(&config, now, &super::Resources::default())
+                .await;
             match finished.outcome {
                 JobOutcome::Failed => anyhow::bail!(
                     "job {} failed: {}",

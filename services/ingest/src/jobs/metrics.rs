@@ -317,7 +317,10 @@ pub async fn read(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
     .await?;
     let compression: Vec<(String, f64)> = sqlx::query_as(
         "SELECT partition_name, bytes_before::float8 / greatest(bytes_after, 1)
-         FROM partition_storage WHERE access_method = 'columnar' ORDER BY partition_name",
+         FROM partition_storage p WHERE access_method = 'columnar'
+           AND NOT EXISTS (SELECT 1 FROM partition_archives a
+                           WHERE a.partition_name = p.partition_name AND a.state = 'dropped')
+         ORDER BY partition_name",
     )
     .fetch_all(pool)
     .await?;

@@ -15,7 +15,9 @@
 //! [`rollup`] (hourly and daily rollups). [`schema`] holds their grants and
 //! Citus distribution, [`metrics`] what the service exports about them.
 
+pub mod archive;
 pub mod args;
+pub mod cleanup;
 pub mod columnar;
 pub mod command;
 pub mod metrics;
@@ -24,6 +26,7 @@ pub mod rollup;
 pub mod rpc;
 pub mod schema;
 pub mod seal;
+pub mod signing_keys;
 
 pub use args::JobOptions;
 pub use rpc_contracts::jobs::JobName;
@@ -46,6 +49,10 @@ pub const fn lock_key(job: JobName) -> i32 {
         JobName::Seal => 3,
         JobName::VerifySeals => 4,
         JobName::Rollup => 5,
+        JobName::Archive => 6,
+        JobName::Restore => 7,
+        JobName::Cleanup => 8,
+        JobName::RotateKeys => 9,
     }
 }
 
@@ -66,6 +73,64 @@ pub struct JobConfig {
     pub verify_max_partitions: u32,
     /// Hours the rollup job recomputes per transaction.
     pub rollup_batch_hours: u32,
+    /// Records retention: partitions whose day ended more than this many
+    /// days ago are archived, then dropped.
+    pub retention_days: u32,
+    /// Most partitions one archive run exports.
+    pub archive_max_partitions: u32,
+    /// Size of the parts an archive is uploaded in (S3 multipart).
+    pub archive_part_bytes: usize,
+    /// Days a restored partition stays before the archive job drops it again.
+    pub restore_keep_days: u32,
+    /// Raw package blobs retention, in days after the package was received
+    /// (never less than `retention_days`).
+    pub blob_retention_days: u32,
+    /// Blobs without a package row are removed once older than this.
+    pub orphan_grace_hours: u32,
+    /// Finished run records and seal check history are kept this many days.
+    pub history_days: u32,
+    /// A signing key is rotated once it has been active this many days.
+    pub key_rotation_days: u32,
+    /// A new signing key is published this long before it starts signing,
+    /// so that every instance and verifier knows it first.
+    pub key_activation_delay_secs: u64,
+}
+
+/// What the jobs beyond the database need: the evidence and archive
+/// buckets, RPC to other services, Vault. `ingest serve` has them all;
+/// `ingest job` (the database owner's URL only) has none, so the jobs that
+/// need them run in the service (`tallyhouse job run <job> --wait`, which is
+/// also what their Nomad periodic jobs run).
+#[derive(Clone, Default)]
+pub struct Resources {
+    /// The evidence bucket (package blobs).
+    pub evidence: Option<platform::s3::EvidenceStore>,
+    /// The archive bucket (exported partitions).
+    pub archive: Option<platform::s3::EvidenceStore>,
+    /// RPC to the other services (auth).
+    pub rpc: Option<platform::rpc::RpcClient>,
+    /// This service's Vault client (its own secrets).
+    pub vault: Option<platform::vault::Vault>,
+    /// What the job was asked to work on: the partition to restore.
+    pub partition: Option<String>,
+}
+
+impl Resources {
+    fn need<'a, T>(what: &'a Option<T>, name: &str, job: JobName) -> anyhow::Result<&'a T> {
+        what.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{job} needs {name}, which only the ingest service has: run it with `tallyhouse job run {job}`"
+            )
+        })
+    }
+}
+
+/// Whether `job` needs more than the database (see [`Resources`]).
+pub const fn needs_service(job: JobName) -> bool {
+    matches!(
+        job,
+        JobName::Archive | JobName::Restore | JobName::Cleanup | JobName::RotateKeys
+    )
 }
 
 /// What a job did.
@@ -184,8 +249,21 @@ impl Run {
 
     /// Runs the job's steps as of `now`, records the outcome, releases the
     /// lock and closes the connection.
-    pub async fn execute(mut self, config: &JobConfig, now: OffsetDateTime) -> Finished {
-        let result = run_steps(self.job, &mut self.conn, config, now, self.run_id).await;
+    pub async fn execute(
+        mut self,
+        config: &JobConfig,
+        now: OffsetDateTime,
+        resources: &Resources,
+    ) -> Finished {
+        let result = run_steps(
+            self.job,
+            &mut self.conn,
+            config,
+            now,
+            self.run_id,
+            resources,
+        )
+        .await;
         self.finish(result).await
     }
 
@@ -256,6 +334,7 @@ async fn run_steps(
     config: &JobConfig,
     now: OffsetDateTime,
     run_id: i64,
+    resources: &Resources,
 ) -> anyhow::Result<Report> {
     match job {
         JobName::PartitionsAhead => partitions::run(conn, config, now).await,
@@ -263,6 +342,28 @@ async fn run_steps(
         JobName::Seal => seal::run_seal(conn, config, now, run_id).await,
         JobName::VerifySeals => seal::run_verify(conn, config, run_id).await,
         JobName::Rollup => rollup::run(conn, config, now).await,
+        JobName::Archive => {
+            let archive = Resources::need(&resources.archive, "the archive bucket", job)?;
+            archive::run_archive(conn, config, now, run_id, archive).await
+        }
+        JobName::Restore => {
+            let archive = Resources::need(&resources.archive, "the archive bucket", job)?;
+            let partition = resources
+                .partition
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("restore needs the partition to bring back"))?;
+            archive::run_restore(conn, config, now, run_id, archive, partition).await
+        }
+        JobName::Cleanup => {
+            let evidence = Resources::need(&resources.evidence, "the evidence bucket", job)?;
+            let rpc = Resources::need(&resources.rpc, "RPC to the auth service", job)?;
+            cleanup::run(conn, config, now, evidence, rpc).await
+        }
+        JobName::RotateKeys => {
+            let vault = Resources::need(&resources.vault, "Vault", job)?;
+            let rpc = Resources::need(&resources.rpc, "RPC to the auth service", job)?;
+            signing_keys::run(conn, config, now, vault, rpc).await
+        }
     }
 }
 

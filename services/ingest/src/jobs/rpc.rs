@@ -8,7 +8,7 @@
 //! the service's shutdown is marked `abandoned` by the next one.
 
 use crate::jobs::metrics::JobMetrics;
-use crate::jobs::{JobConfig, Origin, Start};
+use crate::jobs::{JobConfig, JobName, Origin, Resources, Start};
 use platform::db::{DatabaseArgs, DatabaseCredentials};
 use platform::rpc::RpcServerBuilder;
 use prometheus_client::registry::Registry;
@@ -30,6 +30,7 @@ pub struct Lifecycle {
     options: Arc<Mutex<PgConnectOptions>>,
     pool: PgPool,
     config: Arc<JobConfig>,
+    resources: Arc<std::sync::OnceLock<Resources>>,
 }
 
 const APPLICATION: &str = "tallyhouse-ingest-jobs";
@@ -58,7 +59,15 @@ impl Lifecycle {
             options: Arc::new(Mutex::new(options)),
             pool,
             config: Arc::new(config),
+            resources: Arc::default(),
         }
+    }
+
+    /// Gives the jobs the service's buckets, RPC client and Vault (once,
+    /// when the service has them; until then those jobs answer
+    /// `unavailable`).
+    pub fn provide(&self, resources: Resources) {
+        let _ = self.resources.set(resources);
     }
 
     /// Connects with `creds` from now on (a renewed database login).
@@ -89,6 +98,37 @@ impl Lifecycle {
             tracing::warn!(error = %e, "{what}");
             RpcError::new(ErrorCode::Unavailable, format!("{what}; retry later"))
         };
+        match (req.job, &req.partition) {
+            (JobName::Restore, None) => {
+                return Err(RpcError::new(
+                    ErrorCode::BadRequest,
+                    "partition: restore needs the partition to bring back (records_pYYYYMMDD)",
+                ));
+            }
+            (JobName::Restore, Some(p)) if !crate::jobs::partitions::day_of(p).is_some() => {
+                return Err(RpcError::new(
+                    ErrorCode::BadRequest,
+                    format!("partition: {p:?} is not a partition name (records_pYYYYMMDD)"),
+                ));
+            }
+            (JobName::Restore, Some(_)) | (_, None) => {}
+            (job, Some(_)) => {
+                return Err(RpcError::new(
+                    ErrorCode::BadRequest,
+                    format!("partition: only restore takes a partition, not {job}"),
+                ));
+            }
+        }
+        let Some(resources) = self.resources.get().cloned() else {
+            return Err(RpcError::new(
+                ErrorCode::Unavailable,
+                "the service is still starting; retry later",
+            ));
+        };
+        let resources = Resources {
+            partition: req.partition.clone(),
+            ..resources
+        };
         let options = self.options.lock().expect("options lock").clone();
         let conn = options
             .application_name(&format!("tallyhouse-job-{}", req.job))
@@ -109,7 +149,8 @@ impl Lifecycle {
         let run_id = run.run_id();
         let config = self.config.clone();
         tokio::spawn(async move {
-            run.execute(&config, platform::clock::now()).await;
+            run.execute(&config, platform::clock::now(), &resources)
+                .await;
         });
         Ok(RunJobResponse {
             started: true,

@@ -49,11 +49,22 @@ pub async fn grant(
     let mut statements = vec![
         format!(
             "REVOKE ALL ON job_runs, partition_seals, seal_checks, partition_storage, \
-             rollup_hourly, rollup_daily, rollup_dirty FROM {service_role}"
+             rollup_hourly, rollup_daily, rollup_dirty, partition_archives, blob_expiries \
+             FROM {service_role}"
         ),
-        format!("GRANT SELECT, INSERT, UPDATE ON job_runs TO {service_role}"),
+        // The cleanup job forgets finished runs and seal checks past the
+        // history period.
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON job_runs TO {service_role}"),
         // Seals are written once (a trigger refuses UPDATE and DELETE).
-        format!("GRANT SELECT, INSERT ON partition_seals, seal_checks TO {service_role}"),
+        format!("GRANT SELECT, INSERT ON partition_seals TO {service_role}"),
+        format!("GRANT SELECT, INSERT, DELETE ON seal_checks TO {service_role}"),
+        // Archives are recorded once verified; only the two functions below
+        // (as the owner) change their state. Blob expiries are insert-only.
+        format!("GRANT SELECT, INSERT ON partition_archives, blob_expiries TO {service_role}"),
+        format!(
+            "GRANT EXECUTE ON FUNCTION tallyhouse_drop_archived_partition(text), \
+             tallyhouse_begin_restore(text, bigint) TO {service_role}"
+        ),
         format!("GRANT SELECT, INSERT, UPDATE ON partition_storage TO {service_role}"),
         format!(
             "GRANT SELECT, INSERT, DELETE ON rollup_hourly, rollup_daily, rollup_dirty TO {service_role}"
@@ -63,10 +74,12 @@ pub async fn grant(
     for reader in readers.iter().map(|r| r.trim()).filter(|r| !r.is_empty()) {
         statements.push(format!(
             "REVOKE ALL ON job_runs, partition_seals, seal_checks, partition_storage, \
-             rollup_hourly, rollup_daily, rollup_dirty FROM {reader}"
+             rollup_hourly, rollup_daily, rollup_dirty, partition_archives, blob_expiries \
+             FROM {reader}"
         ));
+        // The query service tells an expired blob from a lost one.
         statements.push(format!(
-            "GRANT SELECT ON rollup_hourly, rollup_daily, rollup_dirty TO {reader}"
+            "GRANT SELECT ON rollup_hourly, rollup_daily, rollup_dirty, blob_expiries TO {reader}"
         ));
     }
     for stmt in statements {

@@ -32,7 +32,7 @@ pub const ALGORITHM: &str = "tallyhouse-seal-v1";
 
 /// The rows of a partition as the digest reads them (through the parent, so
 /// any role with SELECT on `records` can compute it), in canonical order.
-const ROWS: &str = "SELECT submitter_id, package_id, ordinal, ts, series, value, labels
+pub const ROWS: &str = "SELECT submitter_id, package_id, ordinal, ts, series, value, labels
      FROM records WHERE ts >= $1 AND ts < $2
      ORDER BY submitter_id COLLATE \"C\", package_id, ordinal";
 
@@ -141,17 +141,49 @@ pub async fn compute(
     let mut digest = Digest::default();
     let mut rows = sqlx::query(ROWS).bind(from).bind(to).fetch(&mut *conn);
     while let Some(row) = rows.try_next().await? {
-        digest.update(&SealRow {
-            submitter_id: row.try_get(0)?,
-            package_id: row.try_get(1)?,
-            ordinal: row.try_get(2)?,
-            ts: row.try_get(3)?,
-            series: row.try_get(4)?,
-            value: row.try_get(5)?,
-            labels: row.try_get(6)?,
-        });
+        digest.update(&decode(&row)?);
     }
     Ok(digest.finish())
+}
+
+/// A row of [`ROWS`].
+pub fn decode(row: &sqlx::postgres::PgRow) -> Result<SealRow, sqlx::Error> {
+    Ok(SealRow {
+        submitter_id: row.try_get(0)?,
+        package_id: row.try_get(1)?,
+        ordinal: row.try_get(2)?,
+        ts: row.try_get(3)?,
+        series: row.try_get(4)?,
+        value: row.try_get(5)?,
+        labels: row.try_get(6)?,
+    })
+}
+
+/// Records the seal of `p`; a seal already there is kept (answers whether
+/// this one was written).
+pub async fn insert(
+    conn: &mut PgConnection,
+    p: &Partition,
+    rows: i64,
+    digest: &[u8; 32],
+    run_id: i64,
+) -> anyhow::Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO partition_seals (partition_name, range_from, range_to, row_count, digest, algorithm, sealed_at, run_id)
+         VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp(), $7)
+         ON CONFLICT (partition_name) DO NOTHING",
+    )
+    .bind(&p.name)
+    .bind(p.from())
+    .bind(p.to())
+    .bind(rows)
+    .bind(digest.as_slice())
+    .bind(ALGORITHM)
+    .bind(run_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
 }
 
 /// The `seal` job: seals, oldest first and at most `seal_max_partitions`,
@@ -181,22 +213,7 @@ pub async fn run_seal(
     for p in due.iter().take(config.seal_max_partitions as usize) {
         let (rows, digest) = compute(conn, p.from(), p.to()).await?;
         // A re-run after a crash finds the seal there and keeps it.
-        let inserted = sqlx::query(
-            "INSERT INTO partition_seals (partition_name, range_from, range_to, row_count, digest, algorithm, sealed_at, run_id)
-             VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp(), $7)
-             ON CONFLICT (partition_name) DO NOTHING",
-        )
-        .bind(&p.name)
-        .bind(p.from())
-        .bind(p.to())
-        .bind(rows)
-        .bind(digest.as_slice())
-        .bind(ALGORITHM)
-        .bind(run_id)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if inserted == 1 {
+        if insert(conn, p, rows, &digest, run_id).await? {
             tracing::info!(partition = %p.name, rows, digest = %hex::encode(digest), "partition sealed");
             done.push(json!({ "partition": p.name, "rows": rows, "digest": hex::encode(digest) }));
         }
@@ -231,6 +248,11 @@ pub async fn run_verify(
              WHERE c.partition_name = s.partition_name
              ORDER BY check_id DESC LIMIT 1
          ) last ON TRUE
+         -- An archived and dropped partition is checked by its archive.
+         WHERE NOT EXISTS (
+             SELECT 1 FROM partition_archives a
+             WHERE a.partition_name = s.partition_name AND a.state = 'dropped'
+         )
          ORDER BY last.check_id NULLS FIRST, s.range_from
          LIMIT $1",
     )
