@@ -6,7 +6,7 @@
 #   docker build --target ingest   -t ghcr.io/tallyhouse/ingest:$TAG .
 #   docker build --target query    -t ghcr.io/tallyhouse/query:$TAG .
 #   docker build --target auth     -t ghcr.io/tallyhouse/auth:$TAG .
-#   docker build --target tallyhouse -t ghcr.io/tallyhouse/cli:$TAG .   (operators)
+#   docker build --target tallyhouse -t ghcr.io/tallyhouse/tallyhouse:$TAG .   (the CLI: operators, the canary)
 #
 # The build stage compiles every binary once (the later targets reuse it);
 # each runtime image holds its binary and the CA certificates of the base

@@ -8,10 +8,14 @@
 #      /health and /v1/ping (a round trip to the registry over RabbitMQ),
 #      and for auth to answer /ready on its metrics port (9184), and query
 #      on its own (9183).
-#   5. (re)start Prometheus (Debian's `prometheus`, installed if missing) on
+#   5. register the end-to-end canary's submitter, key and back-office user
+#      (vault-provision.sh --register-canary) and (re)start the canary,
+#      `tallyhouse canary` (a round every 60 s through the gateway; metrics
+#      on 127.0.0.1:9185), when secrets.json has it and the CLI is built.
+#   6. (re)start Prometheus (Debian's `prometheus`, installed if missing) on
 #      127.0.0.1:9090 with .run/prometheus/prometheus.yml: every started
 #      service's metrics port (job = tallyhouse-<service>-metrics, as in
-#      production) and the alert rules of grafana/alerts/.
+#      production), the canary's, and the alert rules of grafana/alerts/.
 # Stop with deployment/down.sh (services and Prometheus) or deployment/down.sh --all.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -26,6 +30,9 @@ SKIPPED=()
 PROMETHEUS_PORT="${TH_PROMETHEUS_PORT:-9090}"
 PROMETHEUS_DIR="$TH_RUN/prometheus"
 PROMETHEUS_UP=0
+# The canary (secrets.json "canary", run as `tallyhouse canary`).
+CANARY_PORT="${TH_CANARY_METRICS_PORT:-9185}"
+CANARY_UP=0
 
 build() {
     local log="$TH_LOGS/build.log"
@@ -109,6 +116,72 @@ start_service() {
         fi
     )
     STARTED+=("$svc")
+}
+
+# service_command SERVICE: the command a process of secrets.json runs when it
+# is not a binary named after it ("command": the canary's `tallyhouse
+# canary`), space separated; empty for the others.
+service_command() {
+    th_python - "$TH_SECRETS_JSON" "$1" <<'PY'
+import json, sys
+with open(sys.argv[1]) as f:
+    doc = json.load(f)
+print(" ".join(doc["services"].get(sys.argv[2], {}).get("command", [])))
+PY
+}
+
+# start_canary: registers the canary (its submitter, key and back-office
+# user, from its Vault secret) and (re)starts `tallyhouse canary` with its
+# AppRole, through the gateway, metrics on $CANARY_PORT. Skipped (with a
+# note) when the CLI is not built or the gateway did not start; a canary
+# that does not come up is a warning: the platform itself is up.
+start_canary() {
+    local svc=canary log="$TH_LOGS/canary.log" bin
+    local -a cmd
+    read -r -a cmd <<<"$(service_command "$svc")"
+    ((${#cmd[@]} > 0)) || return 0
+    bin="$TARGET_DIR/release/${cmd[0]}"
+    if [[ ! -x "$bin" ]]; then
+        info "note: no ${bin#"$TH_ROOT"/}; the canary is not started"
+        SKIPPED+=("$svc")
+        return 0
+    fi
+    if [[ " ${STARTED[*]} " != *" gateway "* || " ${STARTED[*]} " != *" auth "* ]]; then
+        info "note: gateway or auth not started; the canary is not started"
+        SKIPPED+=("$svc")
+        return 0
+    fi
+    if daemon_running "$svc"; then
+        info "restarting $svc (pid $(daemon_pid "$svc"))"
+        stop_daemon "$svc" 20
+    fi
+    if ! "$TH_DEPLOY/vault-provision.sh" --register-canary "$bin"; then
+        warn "could not register the canary; it is not started"
+        SKIPPED+=("$svc")
+        return 0
+    fi
+    ensure_port_free "$CANARY_PORT" "canary metrics"
+    [[ -s "$TH_STATE/approle/$svc/secret_id" ]] ||
+        die "no AppRole secret id for $svc in .run/state/approle; did vault-provision.sh run?"
+    [[ -f "$log" ]] && mv -f "$log" "$log.1"
+    (
+        unset BAO_ADDR BAO_TOKEN VAULT_TOKEN
+        export VAULT_ADDR="$TH_VAULT_ADDR"
+        TALLYHOUSE_VAULT_ROLE_ID="$(cat "$TH_STATE/approle/$svc/role_id")"
+        TALLYHOUSE_VAULT_SECRET_ID="$(cat "$TH_STATE/approle/$svc/secret_id")"
+        export TALLYHOUSE_VAULT_ROLE_ID TALLYHOUSE_VAULT_SECRET_ID
+        export TALLYHOUSE_ENVIRONMENT=local
+        export TALLYHOUSE_GATEWAY_URL="$GATEWAY_URL"
+        export TALLYHOUSE_CANARY_METRICS_ADDR="$TH_HOST:$CANARY_PORT"
+        export TALLYHOUSE_CANARY_AUDIENCE=local
+        start_daemon "$svc" "$log" "$bin" "${cmd[@]:1}"
+    )
+    if wait_for_http "http://$TH_HOST:$CANARY_PORT/health" "$HEALTH_TIMEOUT" "$svc"; then
+        CANARY_UP=1
+    else
+        show_log_tail "$log" 30
+        warn "the canary did not answer on $TH_HOST:$CANARY_PORT/health"
+    fi
 }
 
 # policy_prefix: the prefix of the services' policy, AppRole and database
@@ -217,6 +290,11 @@ write_prometheus_config() {
             echo "    static_configs:"
             echo "      - targets: ['$TH_HOST:$(metrics_port "$svc")']"
         done
+        if ((CANARY_UP == 1)); then
+            echo "  - job_name: tallyhouse-canary-metrics"
+            echo "    static_configs:"
+            echo "      - targets: ['$TH_HOST:$CANARY_PORT']"
+        fi
     } >"$file.new"
     mv -f "$file.new" "$file"
 }
@@ -270,6 +348,9 @@ print_table() {
             status_row "$svc" "$addr" "$pid" ".run/logs/$svc.log"
         fi
     done
+    if ((CANARY_UP == 1)); then
+        status_row canary "metrics $TH_HOST:$CANARY_PORT" "$(daemon_pid_or canary dead)" ".run/logs/canary.log"
+    fi
     if ((PROMETHEUS_UP == 1)); then
         status_row prometheus "http://$TH_HOST:$PROMETHEUS_PORT" "$(daemon_pid_or prometheus dead)" ".run/logs/prometheus.log"
     fi
@@ -288,6 +369,9 @@ main() {
     mapfile -t services < <(services_from_json)
     ((${#services[@]} > 0)) || die "no services in deployment/vault/secrets.json"
     for svc in "${services[@]}"; do
+        # A process run as another binary's subcommand (the canary) starts
+        # once the platform answers (start_canary).
+        [[ -n "$(service_command "$svc")" ]] && continue
         bin="$TARGET_DIR/release/$svc"
         if [[ ! -x "$bin" ]]; then
             info "note: no ${bin#"$TH_ROOT"/}; $svc is not built yet, skipping it"
@@ -303,6 +387,7 @@ main() {
     for svc in "${STARTED[@]}"; do
         daemon_running "$svc" || fail_with_logs "$svc exited after start"
     done
+    start_canary
     start_prometheus
     print_table
     if [[ " ${STARTED[*]} " == *" auth "* ]]; then

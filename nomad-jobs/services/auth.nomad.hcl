@@ -4,7 +4,9 @@
 # It reads its broker credentials and its token signing key from Vault
 # itself and leases its database logins from Vault's database secrets engine
 # (role tallyhouse-auth); the templates render only where the brokers and
-# the database are, and the versions of its KV secrets.
+# the database are, and the versions of its KV secrets (a change restarts
+# it), but for its token signing key, which it reads again every 30 s
+# itself: the rotate-keys job changes it (docs/lifecycle.md, "Key rotation").
 
 variable "datacenters" {
   description = "Nomad datacenters the job may run in."
@@ -169,7 +171,6 @@ job "auth" {
         splay       = "2m"
         data        = <<-EOT
         amqp={{ with secret "secret/data/tallyhouse/auth/amqp" }}{{ .Data.metadata.version }}{{ end }}
-        jwt_key={{ with secret "secret/data/tallyhouse/auth/jwt_key" }}{{ .Data.metadata.version }}{{ end }}
         EOT
       }
 

@@ -271,6 +271,9 @@ job "ingest" {
         EOT
       }
 
+      # A change of these restarts the task; not the receipt_key, which
+      # `ingest serve` reads again every 30 s itself: the rotate-keys job
+      # changes it (docs/lifecycle.md, "Key rotation").
       template {
         destination = "${NOMAD_SECRETS_DIR}/secret-versions"
         change_mode = "restart"
@@ -278,7 +281,6 @@ job "ingest" {
         data        = <<-EOT
         amqp={{ with secret "secret/data/tallyhouse/ingest/amqp" }}{{ .Data.metadata.version }}{{ end }}
         s3={{ with secret "secret/data/tallyhouse/ingest/s3" }}{{ .Data.metadata.version }}{{ end }}
-        receipt_key={{ with secret "secret/data/tallyhouse/ingest/receipt_key" }}{{ .Data.metadata.version }}{{ end }}
         EOT
       }
 

@@ -103,19 +103,33 @@ def test_every_vault_policy_path_exists_in_the_secrets_source_of_truth(stack, mo
     engine = doc["database_engine"]
     # secrets.json's own rule, restated: the policy of S reads
     # <mount>/data/<prefix>/S/* and, if S reads `database`, its own leased
-    # logins <engine mount>/creds/<policy_prefix>S; nothing else.
+    # logins <engine mount>/creds/<policy_prefix>S, and writes exactly the
+    # kinds of its `writes` (the signing keys it rotates); nothing else.
+    writable = set()
     for svc, spec in doc["services"].items():
         role = f"{doc['policy_prefix']}{svc}"
         expected = [f"{doc['kv_mount']}/data/{doc['prefix']}/{svc}/*"]
         if "database" in spec["reads"]:
             expected.append(f"{engine['mount']}/creds/{role}")
-        assert policy_paths(policies[role]) == expected, role
+        writes = [f"{doc['kv_mount']}/data/{doc['prefix']}/{svc}/{kind}" for kind in spec.get("writes", [])]
+        writable |= {(role, path) for path in writes}
+        assert policy_paths(policies[role]) == expected + writes, role
+    assert writable == {
+        ("tallyhouse-ingest", "secret/data/tallyhouse/ingest/receipt_key"),
+        ("tallyhouse-auth", "secret/data/tallyhouse/auth/jwt_key"),
+    }, "each service writes its own signing key only"
     assert set(policies) == set(model.identities())
     creds = {r["name"]: r for r in _database_roles(resources)}
     for role, hcl in policies.items():
         paths = policy_paths(hcl)
         assert paths, f"{role}: a policy without paths"
-        assert set(re.findall(r"capabilities = \[([^\]]*)\]", hcl)) == {'"read"'}, f"{role}: read only"
+        blocks = re.findall(r'^path "([^"]+)" \{\n  capabilities = \[([^\]]*)\]', hcl, re.M)
+        assert [p for p, _ in blocks] == paths, role
+        for path, caps in blocks:
+            if (role, path) in writable:
+                assert caps == '"create", "read", "update"', f"{role}: {path} {caps}"
+            else:
+                assert caps == '"read"', f"{role}: {path} read only"
         for pattern in paths:
             if pattern.startswith(f"{engine['mount']}/creds/"):
                 assert pattern.rsplit("/", 1)[1] in creds, f"{role}: {pattern} is no role of the database engine"
@@ -189,10 +203,18 @@ def test_every_service_and_the_cli_get_an_approle_with_only_their_own_policy(sta
         assert approles[f"{doc['policy_prefix']}{svc}"]["secretIdNumUses"] == 0
 
 
-def test_the_operator_cli_gets_no_workload_identity(stack):
+def test_the_operator_cli_gets_a_workload_identity_only_for_the_periodic_jobs_that_run_it(stack):
     _, _, resources = stack
-    roles = {r.inputs["roleName"] for r in of_type(resources, "vault:jwt/authBackendRole:AuthBackendRole")}
-    assert "tallyhouse-cli" not in roles
+    roles = {r.inputs["roleName"]: r.inputs for r in of_type(resources, "vault:jwt/authBackendRole:AuthBackendRole")}
+    jobs = jobspec.load_all(NOMAD_JOBS)
+    running = {
+        (job.name, task.name) for job in jobs.values() for task in job.tasks if task.vault_role == "tallyhouse-cli"
+    }
+    assert ("ingest-rotate-keys", "rotate_keys") in running
+    assert {job for job, _ in running} <= {j.name for j in jobs.values() if j.kind == "batch"}, running
+    claims = roles["tallyhouse-cli"]["boundClaims"]
+    assert set(claims["nomad_job_id"].split(",")) == {job for job, _ in running}
+    assert set(claims["nomad_task"].split(",")) == {task for _, task in running}
 
 
 # --- the database secrets engine -------------------------------------------------------
@@ -319,6 +341,6 @@ def test_the_engine_waits_for_citus_and_the_services_wait_for_the_engine(monkeyp
 def test_signing_keys_are_p256(stack):
     _, _, resources = stack
     keys = of_type(resources, "tls:index/privateKey:PrivateKey")
-    assert sorted(k.name for k in keys) == ["auth-jwt_key", "ingest-receipt_key"]
+    assert sorted(k.name for k in keys) == ["auth-jwt_key", "canary-canary", "ingest-receipt_key"]
     for k in keys:
         assert k.inputs["algorithm"] == "ECDSA" and k.inputs["ecdsaCurve"] == "P256"

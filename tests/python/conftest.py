@@ -88,9 +88,24 @@ def services() -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def rust(services) -> Workspace:
-    """The clap arguments of the services and of platform."""
-    return scan({**services, "platform": REPO / "services" / "platform" / "src"})
+def commands(secrets_json) -> dict[str, list[str]]:
+    """Processes of secrets.json that run another binary's subcommand
+    (`command`: the canary's `tallyhouse canary`) -> that command."""
+    return {name: spec["command"] for name, spec in secrets_json["services"].items() if "command" in spec}
+
+
+@pytest.fixture(scope="session")
+def command_binaries(commands) -> dict[str, Path]:
+    """The binaries those processes run (the CLI's `tallyhouse`) -> src/."""
+    bins = binaries()
+    return {cmd[0]: REPO / bins[cmd[0]] / "src" for cmd in commands.values()}
+
+
+@pytest.fixture(scope="session")
+def rust(services, command_binaries) -> Workspace:
+    """The clap arguments of the services, of the binaries other processes
+    run (the CLI, for the canary) and of platform."""
+    return scan({**services, **command_binaries, "platform": REPO / "services" / "platform" / "src"})
 
 
 @pytest.fixture(scope="session")

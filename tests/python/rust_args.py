@@ -4,7 +4,10 @@ read from their Rust sources (clap derive), without compiling anything.
 For every struct deriving `clap::Args` or `clap::Parser` it collects the
 fields' `env = "…"` names, whether each is required, and the structs it
 flattens (`#[command(flatten)]`). A binary's root is the struct (or the
-subcommand enum) deriving `Parser` in its crate.
+subcommand enum) deriving `Parser` in its crate. A `Parser` struct with a
+`#[command(subcommand)]` field (the CLI: global flags, then a command) also
+roots each variant of that enum whose type is an argument struct, with the
+struct's fields and the root's own (`tallyhouse canary`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class Crate:
     structs: dict[str, ArgStruct] = field(default_factory=dict)
     #: Subcommand name ("" when the binary has none) -> root struct name.
     roots: dict[str, str] = field(default_factory=dict)
+    #: Enums deriving `Subcommand`: name -> variant (kebab case) -> its type.
+    subcommands: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def _strip_comments(src: str) -> str:
@@ -157,6 +162,11 @@ def _type_name(typ: str) -> str:
     return re.sub(r"<.*", "", inner).rsplit("::", 1)[-1].strip()
 
 
+_SUBCOMMAND_FIELD = re.compile(
+    r"#\[\s*command\s*\(\s*subcommand\s*\)\s*\]\s*(?:pub(?:\([^)]*\))?\s+)?\w+\s*:\s*([\w:]+)"
+)
+_VARIANT = re.compile(r"(\w+)\s*\(\s*(?:Box<)?\s*(?:[\w:]*::)?(\w+)\s*>?\s*\)")
+
 _TEST_MODULE = re.compile(r"#\[cfg\(test\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+\w+\s*\{")
 
 
@@ -175,6 +185,8 @@ def _kebab(name: str) -> str:
 def scan_crate(name: str, src_dir: Path) -> Crate:
     """The argument structs and binary roots of one crate."""
     crate = Crate(name=name)
+    #: (Parser struct, the enum of its `#[command(subcommand)]` field).
+    commands: list[tuple[str, str]] = []
     for path in sorted(src_dir.rglob("*.rs")):
         src = _without_test_modules(_strip_comments(path.read_text()))
         for m in _ITEM.finditer(src):
@@ -193,13 +205,43 @@ def scan_crate(name: str, src_dir: Path) -> Crate:
                 crate.structs[st.name] = st
                 if is_parser:
                     crate.roots[""] = st.name
+                    for item in _split_fields(body):
+                        sub = _SUBCOMMAND_FIELD.search(item)
+                        if sub:
+                            commands.append((st.name, _type_name(sub.group(1))))
             elif is_parser:
                 # A subcommand enum: Variant(Type) or Variant(Box<Type>).
                 for item in _split_fields(body):
                     item = re.sub(r"#\[.*?\]", "", item, flags=re.S).strip()
-                    v = re.match(r"(\w+)\s*\(\s*(?:Box<)?\s*(?:[\w:]*::)?(\w+)\s*>?\s*\)", item)
+                    v = _VARIANT.match(item)
                     if v:
                         crate.roots[_kebab(v.group(1))] = v.group(2)
+            else:
+                variants = crate.subcommands.setdefault(m.group("name"), {})
+                for item in _split_fields(body):
+                    item = re.sub(r"#\[.*?\]", "", item, flags=re.S).strip()
+                    v = _VARIANT.match(item)
+                    if v:
+                        variants[_kebab(v.group(1))] = v.group(2)
+    # `tallyhouse canary`: the root's flags and the variant's.
+    for root, enum in commands:
+        for sub, typ in crate.subcommands.get(enum, {}).items():
+            if sub in crate.roots:
+                continue
+            if typ in crate.subcommands:
+                # A group of subcommands (`tallyhouse job run`): the root's
+                # flags (the group's own are positional or --flags only).
+                crate.roots[sub] = root
+                continue
+            if typ not in crate.structs:
+                continue
+            both = ArgStruct(crate=name, name=f"{root}+{typ}")
+            both.fields = [
+                Field(name=root, type=root, env=None, required=False, flatten=True),
+                Field(name=typ, type=typ, env=None, required=False, flatten=True),
+            ]
+            crate.structs[both.name] = both
+            crate.roots[sub] = both.name
     return crate
 
 

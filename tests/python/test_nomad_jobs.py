@@ -54,7 +54,7 @@ def task_environment(task: jobspec.Task) -> set[str]:
     return names
 
 
-def binary_of(task: jobspec.Task, services: dict) -> tuple[str, str] | None:
+def binary_of(task: jobspec.Task, binaries: dict) -> tuple[str, str] | None:
     """(crate, subcommand) of a task running a Tallyhouse image, else None.
     The image repository's last segment is the Dockerfile target (= binary)."""
     image_var = re.match(r"^\$\{var\.(\w+)\}:", task.config.get("image", ""))
@@ -64,7 +64,7 @@ def binary_of(task: jobspec.Task, services: dict) -> tuple[str, str] | None:
     if not default.startswith("ghcr.io/tallyhouse/"):
         return None
     binary = default.rsplit("/", 1)[1]
-    assert binary in services, f"{task.group.job.name}/{task.name} runs {binary}, not a service crate"
+    assert binary in binaries, f"{task.group.job.name}/{task.name} runs {binary}, not a service crate or process binary"
     args = task.args
     return binary, (args[0] if args else "")
 
@@ -89,16 +89,25 @@ def test_every_variable_has_a_description_a_type_and_a_default(jobs):
                 assert key in spec, f"{job.name}: variable {name} has no {key}"
 
 
-def test_every_service_crate_has_a_job_and_every_service_job_a_crate(jobs, services, secrets_json):
+def test_every_service_crate_has_a_job_and_every_service_job_a_crate(
+    jobs, services, secrets_json, commands, command_binaries
+):
     assert set(services) == {"gateway", "registry", "ingest", "query", "auth"}, services
+    # Processes that run another binary's subcommand (the canary) have a
+    # service job too, running exactly that command.
+    assert set(commands) == {"canary"}, commands
     service_jobs = {j.name for j in jobs.values() if j.kind == "services"}
-    assert service_jobs == set(services)
+    assert service_jobs == set(services) | set(commands)
     processes = {s for s, spec in secrets_json["services"].items() if spec.get("process", True)}
-    assert processes == set(services), "secrets.json's processes and the service crates differ"
+    assert processes == set(services) | set(commands), "secrets.json's processes and the service crates differ"
     for name in service_jobs:
         job = jobs[name]
         assert job.type == "service"
         assert [t.name for t in job.tasks if not t.lifecycle] == [name], f"{name}: its main task is named after it"
+    for name, command in commands.items():
+        (main,) = [t for t in jobs[name].tasks if t.name == name]
+        assert binary_of(main, {**services, **command_binaries}) == tuple(command), f"{name} runs {command}"
+        assert main.args == command[1:], f"{name}: its arguments are the command's, nothing else"
 
 
 def test_no_template_or_argument_hides_an_hcl_interpolation(jobs):
@@ -158,20 +167,27 @@ def test_service_tasks_outlive_the_drain_before_being_killed(jobs, services, dra
             assert task.body.get("kill_signal", "SIGINT") in ("SIGINT", "SIGTERM")
 
 
-def test_periodic_jobs_never_overlap_and_run_existing_commands(jobs, services, rust):
+def test_periodic_jobs_never_overlap_and_run_existing_commands(jobs, services, command_binaries, rust, repo):
     batch = [j for j in jobs.values() if j.kind == "batch"]
-    assert {j.name for j in batch} >= {"ingest-partitions", "evidence-mirror"}
+    assert {j.name for j in batch} >= {"ingest-partitions", "evidence-mirror", "ingest-rotate-keys"}
     for job in batch:
         assert job.type == "batch"
         periodic = job.block("periodic")
         assert periodic.get("prohibit_overlap") is True, f"{job.name}: prohibit_overlap"
         assert periodic.get("crons") or periodic.get("cron"), f"{job.name}: a schedule"
         for task in job.tasks:
-            ours = binary_of(task, services)
+            ours = binary_of(task, {**services, **command_binaries})
             if ours:
                 crate, sub = ours
                 assert sub in rust.crates[crate].roots, f"{job.name}: `{crate} {sub}` does not exist"
     assert binary_of(jobs["ingest-partitions"].tasks[0], services) == ("ingest", "migrate")
+    # The jobs that run inside the ingest service (they need its Vault
+    # client, RPC or buckets) start it with the CLI and wait for its end.
+    (rotate,) = jobs["ingest-rotate-keys"].tasks
+    assert binary_of(rotate, command_binaries) == ("tallyhouse", "job")
+    assert rotate.args[:4] == ["job", "run", "rotate-keys", "--wait"]
+    names = (repo / "rpc-contracts" / "src" / "jobs.rs").read_text()
+    assert 'JobName::RotateKeys => "rotate-keys"' in names
 
 
 # --- health checks and ports -----------------------------------------------------------
@@ -351,7 +367,10 @@ def test_service_roles_match_secrets_json(jobs, services, secrets_json):
         # itself: the KV `database` secret is only the fallback without the
         # engine, and a change of it must not restart the task.
         leased = {"database"} if DATABASE_VAULT_ROLE in main.env else set()
-        assert watched == reads - leased, (
+        # The signing keys it rotates itself (`writes`) it also reads again
+        # while running: each rotation step must not restart every instance.
+        reloaded = set(secrets_json["services"][name].get("writes", []))
+        assert watched == reads - leased - reloaded, (
             f"{name}: a rotated secret must restart it: watch every KV kind it reads"
         )
 
@@ -420,10 +439,17 @@ def test_resource_jobs_apply_every_services_credentials(jobs, model):
         assert not missing, f"{job}/{task} does not apply {sorted(missing)}"
 
 
-def test_policies_are_read_only_and_narrow(model):
+def test_policies_are_read_only_and_narrow(model, secrets_json):
     for role, ident in model.identities().items():
         hcl = ident.policy_hcl()
-        assert set(re.findall(r"capabilities = \[([^\]]*)\]", hcl)) == {'"read"'}, role
+        # Read only, but for the signing keys a service rotates itself
+        # (secrets.json `writes`): create, read, update on exactly those.
+        writes = secrets_json["services"].get(ident.name, {}).get("writes", []) if ident.service else []
+        assert list(ident.writes) == [f"{model.mount}/data/{model.prefix}/{ident.name}/{k}" for k in writes], role
+        caps = re.findall(r'^path "([^"]+)" \{\n  capabilities = \[([^\]]*)\]', hcl, re.M)
+        assert caps == [(p, '"read"') for p in ident.paths] + [
+            (p, '"create", "read", "update"') for p in ident.writes
+        ], role
         engine = model.database_engine()
         for path in ident.paths:
             assert path.startswith(f"{model.mount}/data/") or path.startswith(f"{engine.mount}/creds/"), path
@@ -440,9 +466,9 @@ def test_policies_are_read_only_and_narrow(model):
 # --- environment -------------------------------------------------------------------------
 
 
-def test_no_job_sets_a_tallyhouse_variable_no_service_knows(jobs, rust, services):
+def test_no_job_sets_a_tallyhouse_variable_no_service_knows(jobs, rust, services, command_binaries):
     known = set()
-    for crate in services:
+    for crate in {**services, **command_binaries}:
         for sub in rust.crates[crate].roots:
             known |= set(rust.envs(crate, sub))
     seen = 0
@@ -453,17 +479,18 @@ def test_no_job_sets_a_tallyhouse_variable_no_service_knows(jobs, rust, services
     assert seen > 20
 
 
-def test_each_task_gets_exactly_what_its_binary_accepts_and_requires(jobs, rust, services):
+def test_each_task_gets_exactly_what_its_binary_accepts_and_requires(jobs, rust, services, command_binaries):
     checked = set()
     for job in jobs.values():
         for task in job.tasks:
-            ours = binary_of(task, services)
+            ours = binary_of(task, {**services, **command_binaries})
             if not ours:
                 continue
             crate, sub = ours
-            if sub and sub not in rust.crates[crate].roots:
+            roots = rust.crates[crate].roots
+            if sub and sub not in roots:
                 pytest.fail(f"{job.name}/{task.name}: {crate} has no subcommand {sub}")
-            accepted = rust.envs(crate, sub if rust.crates[crate].roots.get("") is None else "")
+            accepted = rust.envs(crate, sub if sub in roots else "")
             given = task_environment(task)
             ours_given = {n for n in given if n.startswith("TALLYHOUSE_")}
             unknown = ours_given - set(accepted)
@@ -479,6 +506,7 @@ def test_each_task_gets_exactly_what_its_binary_accepts_and_requires(jobs, rust,
         ("ingest", "migrate"),
         ("query", ""),
         ("auth", ""),
+        ("tallyhouse", "canary"),
     }
 
 

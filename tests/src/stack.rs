@@ -35,6 +35,12 @@ pub struct StackOptions {
     /// More environment for `ingest serve`, applied last (so it overrides
     /// the stack's own, e.g. `TALLYHOUSE_KEY_CACHE_TTL_MS`, 0 here).
     pub ingest_env: Vec<(&'static str, String)>,
+    /// More environment for auth, applied last (e.g.
+    /// `TALLYHOUSE_SIGNING_KEY_RELOAD_SECS`).
+    pub auth_env: Vec<(&'static str, String)>,
+    /// More environment for the gateway, applied last (e.g.
+    /// `TALLYHOUSE_TOKEN_KEYS_REFRESH_SECS`).
+    pub gateway_env: Vec<(&'static str, String)>,
     /// Where the services' output goes: `<dir>/<service>.log`, truncated at
     /// start. `None`: inherited (shown with a failing test's output).
     pub log_dir: Option<PathBuf>,
@@ -63,6 +69,8 @@ impl Default for StackOptions {
             max_package_bytes: 16 * 1024 * 1024,
             s3_endpoint: None,
             ingest_env: Vec::new(),
+            auth_env: Vec::new(),
+            gateway_env: Vec::new(),
             log_dir: None,
             ingest_database_server: None,
             amqp_uris: Vec::new(),
@@ -386,6 +394,7 @@ impl Stack {
         );
         let mut auth_env = auth_env;
         auth_env.push(metrics_env("auth"));
+        auth_env.extend(options.auth_env.iter().cloned());
         processes.push(
             ChildProcess::spawn(
                 "auth",
@@ -450,7 +459,10 @@ impl Stack {
                                 options.max_package_bytes.to_string(),
                             ),
                             metrics_env("gateway"),
-                        ],
+                        ]
+                        .into_iter()
+                        .chain(options.gateway_env.iter().cloned())
+                        .collect::<Vec<_>>(),
                     ),
                     logs,
                     "gateway",

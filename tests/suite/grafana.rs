@@ -1,6 +1,7 @@
 //! The dashboards and alert rules of grafana/ against what the services
-//! really expose: a stack serves one package, every service is scraped, and
-//! every metric name a Prometheus expression of grafana/dashboards/*.json or
+//! really expose: a stack serves one package, every service is scraped (and
+//! the end-to-end canary, after one round against the stack), and every
+//! metric name a Prometheus expression of grafana/dashboards/*.json or
 //! grafana/alerts/*.yaml uses must be in those scrapes (or be one of the
 //! few names other exporters provide).
 
@@ -384,7 +385,18 @@ async fn every_metric_the_dashboards_and_alerts_use_is_one_the_services_expose()
         );
         exposed.extend(names);
     }
+    // The canary, `tallyhouse canary`: a process of its own, scraped after
+    // its first round against this stack.
+    let canary = crate::canary::Canary::register(&stack).await;
+    let scrape = canary.first_round_metrics().await;
+    exposed.extend(exposed_names(&scrape));
     for family in [
+        "tallyhouse_canary_rounds_total",
+        "tallyhouse_canary_failures_total",
+        "tallyhouse_canary_last_round_success",
+        "tallyhouse_canary_last_success_timestamp_seconds",
+        "tallyhouse_canary_started_timestamp_seconds",
+        "tallyhouse_canary_step_duration_seconds_bucket",
         "tallyhouse_ingest_packages_total",
         "tallyhouse_query_rows_served_total",
         "tallyhouse_auth_logins_total",
@@ -450,5 +462,6 @@ async fn every_metric_the_dashboards_and_alerts_use_is_one_the_services_expose()
         used_names.contains("tallyhouse_ingest_packages_total"),
         "{used_names:?}"
     );
+    canary.finish();
     stack.finish().await;
 }

@@ -5,6 +5,7 @@
 mod archive;
 mod auth;
 mod backoffice;
+mod canary;
 mod citus;
 mod cli;
 mod gateway;
@@ -16,5 +17,6 @@ mod lifecycle;
 mod loki;
 mod query;
 mod registry;
+mod rotation;
 mod rpc;
 mod vault;

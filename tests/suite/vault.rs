@@ -516,6 +516,32 @@ async fn each_service_reads_its_own_secrets_and_nothing_else() {
         )
         .await;
         assert_eq!(status, 403, "{service} cannot write its own secrets");
+        // Except the signing keys it rotates itself ("writes"): a
+        // check-and-set create of an existing secret writes nothing, and is
+        // refused for its content (400) where the policy allows the write,
+        // for the policy (403) elsewhere.
+        for (other, other_reads) in &services {
+            let writes = secrets["services"][other]["writes"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for kind in other_reads {
+                let (status, _) = api(
+                    &addr,
+                    &token,
+                    "POST",
+                    &format!("secret/data/{prefix}/{other}/{kind}"),
+                    Some(json!({ "options": { "cas": 0 }, "data": { "x": "y" } })),
+                )
+                .await;
+                let allowed = other == service && writes.contains(&json!(kind));
+                assert_eq!(
+                    status,
+                    if allowed { 400 } else { 403 },
+                    "{service} writing {other}'s {kind}"
+                );
+            }
+        }
     }
     assert!(checked > 20, "only {checked} checks");
 }

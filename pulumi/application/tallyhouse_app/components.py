@@ -107,11 +107,15 @@ class VaultAccess(pulumi.ComponentResource):
         )
         self.roles: dict[str, vault.jwt.AuthBackendRole] = {}
         for role, ident in identities.items():
-            if not ident.process:
-                continue
             b = used.get(role)
             if b is None:
+                if not ident.process:
+                    # The operator CLI, outside Nomad only (AppRole below).
+                    continue
                 raise ModelError(f"no task of nomad-jobs/ uses Vault role {role} ({ident.name})")
+            # A process's tasks, or the periodic jobs that run the CLI's
+            # `job run` (ingest-rotate-keys...): bound to those jobs and
+            # tasks only.
             self.roles[role] = vault.jwt.AuthBackendRole(
                 role,
                 backend=self.jwt.path,
@@ -206,7 +210,7 @@ class PlatformSecrets(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(
                     parent=self,
                     depends_on=args.depends_on,
-                    # A key rotated by hand in Vault (docs/operations.md) stays.
+                    # A key rotated in Vault (the rotate-keys job) stays.
                     ignore_changes=["dataJson"] if keep else None,
                 ),
             )
@@ -239,6 +243,23 @@ class PlatformSecrets(pulumi.ComponentResource):
                     opts=pulumi.ResourceOptions(parent=self, protect=True),
                 )
                 return {"private_key_pem": key.private_key_pem_pkcs8}, True
+            if secret.kind == "canary":
+                # The canary's submitter key and back-office password; the
+                # submitter, key and user are registered from them once
+                # (docs/lifecycle.md, Canary), so they are kept like the
+                # signing keys. The ids are fixed in secrets.json.
+                key = tls.PrivateKey(
+                    name,
+                    algorithm="ECDSA",
+                    ecdsa_curve="P256",
+                    opts=pulumi.ResourceOptions(parent=self, protect=True),
+                )
+                return {
+                    "submitter_id": secret.spec["submitter_id"],
+                    "username": secret.spec["username"],
+                    "private_key_pem": key.private_key_pem_pkcs8,
+                    "password": self._random(name, 40),
+                }, True
             raise ModelError(
                 f"secrets.json kind {secret.kind!r} ({svc}) has no generator in pulumi/application: add one"
             )

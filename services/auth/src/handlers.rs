@@ -15,9 +15,9 @@ use platform::rpc::{RequestContext, RpcServer, RpcServerBuilder};
 use rpc_contracts::auth::{
     self, AccessToken, AddUserRequest, AuditAppended, AuditPage, AuditRecord, CheckTokenRequest,
     ClearThrottleRequest, ClearThrottleResponse, Empty, JwkSet, ListAuditRequest,
-    ListThrottlesRequest, ListUsersRequest, LoginRequest, LogoutRequest, MAX_LEEWAY_SECS, Role,
-    SetPasswordRequest, TOKEN_LIFETIME_SECS, ThrottleList, ThrottleScope, TokenKeysRequest,
-    PurgeStaleRequest, PurgeStaleResponse, TokenStatus, UpdateUserRequest, User, UserList,
+    ListThrottlesRequest, ListUsersRequest, LoginRequest, LogoutRequest, MAX_LEEWAY_SECS,
+    PurgeStaleRequest, PurgeStaleResponse, Role, SetPasswordRequest, TOKEN_LIFETIME_SECS,
+    ThrottleList, ThrottleScope, TokenKeysRequest, TokenStatus, UpdateUserRequest, User, UserList,
 };
 use rpc_contracts::registry::{PingRequest, PingResponse};
 use rpc_contracts::{Call, RpcError};
@@ -86,6 +86,11 @@ impl Auth {
     /// The store (tests close it).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The token signing keys (`keys.rs` reloads and rotates them).
+    pub fn tokens(&self) -> &TokenSigner {
+        &self.tokens
     }
 
     // --- Logins ------------------------------------------------------------
@@ -342,7 +347,7 @@ impl Auth {
 
     /// The JWKS that verifies tokens; see [`auth::TokenKeys`].
     pub fn token_keys(&self) -> JwkSet {
-        self.tokens.jwks()
+        self.tokens.jwks(self.clock.now())
     }
 
     // --- Users ---------------------------------------------------------------
@@ -883,6 +888,10 @@ pub fn server(auth: Arc<Auth>) -> RpcServer {
             })
         },
     );
+    let builder =
+        serve::<auth::RotateSigningKey, _, _>(builder, &auth, |a, _ctx, req| async move {
+            crate::keys::rotate(&a, req).await
+        });
     builder.build()
 }
 

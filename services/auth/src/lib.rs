@@ -7,6 +7,7 @@
 //! database, migrations, the dummy hash, ops endpoint) and serves.
 //! `handlers.rs` holds the calls' rules ([`Auth`]), `store.rs` the SQL,
 //! `password.rs` Argon2id behind a semaphore, `tokens.rs` the JWT signer,
+//! `keys.rs` the signing keys' reload and rotation,
 //! `throttle.rs` the throttling policy, `metrics.rs` the service's metrics,
 //! `error.rs` [`AuthError`] and its wire codes, and [`clock`] its "now".
 //! See docs/auth.md.
@@ -14,6 +15,7 @@
 pub mod clock;
 mod error;
 mod handlers;
+pub mod keys;
 pub mod metrics;
 pub mod password;
 mod store;
@@ -33,12 +35,9 @@ use platform::db::DatabaseArgs;
 use platform::rpc::RpcServer;
 use platform::service::Service;
 use rpc_contracts::auth::{DEFAULT_TOKEN_AUDIENCE, DEFAULT_TOKEN_ISSUER};
-use secrecy::{ExposeSecret as _, SecretString};
-use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
 use throttle::{ScopePolicy, ThrottlePolicy};
-use tokens::TokenSigner;
 
 /// The service name (logs, metrics, Vault paths).
 pub const SERVICE: &str = "auth";
@@ -71,6 +70,12 @@ pub struct AuthArgs {
     /// milliseconds); further logins wait for a slot until their deadline.
     #[arg(long, env = "TALLYHOUSE_AUTH_HASH_CONCURRENCY", default_value_t = 2)]
     pub hash_concurrency: usize,
+
+    /// How often the token signing keys are read again from Vault, in
+    /// seconds: a rotated key reaches every instance within this time
+    /// (keep it well below the rotation's activation delay).
+    #[arg(long, env = "TALLYHOUSE_SIGNING_KEY_RELOAD_SECS", default_value_t = 30)]
+    pub signing_key_reload_secs: u64,
 
     /// How often expired revocations and forgotten failures are deleted,
     /// in seconds.
@@ -209,22 +214,14 @@ impl ThrottleArgs {
     }
 }
 
-/// The `jwt_key` secret in Vault: the token signing key, and optionally the
-/// public keys of previous signing keys still to be published after a
-/// rotation (concatenated SPKI PEM blocks).
-#[derive(Deserialize)]
-struct JwtKeySecret {
-    private_key_pem: SecretString,
-    #[serde(default)]
-    previous_public_keys_pem: Option<String>,
-}
-
 /// A started auth service, its database migrated, ready to serve.
 pub struct Application {
     svc: Service,
     auth: Arc<Auth>,
     server: RpcServer,
     cleanup_interval: Duration,
+    key_reload: Duration,
+    key_metrics: keys::KeyMetrics,
 }
 
 impl Application {
@@ -234,23 +231,13 @@ impl Application {
     pub async fn build(args: AuthArgs, clock: Clock) -> anyhow::Result<Self> {
         let policy = args.throttle.policy()?;
         let mut svc = Service::bootstrap(SERVICE, args.common).await?;
-        let jwt_key: JwtKeySecret = svc
-            .vault
-            .read("jwt_key")
-            .await
-            .context("reading the token signing key (jwt_key)")?;
-        let mut tokens = TokenSigner::from_pem(
-            jwt_key.private_key_pem.expose_secret(),
+        let tokens = keys::load(
+            &svc.vault,
             &args.tokens.token_issuer,
             &args.tokens.token_audience,
         )
-        .context("parsing the token signing key")?;
-        if let Some(previous) = &jwt_key.previous_public_keys_pem {
-            tokens = tokens
-                .with_previous_keys(previous)
-                .context("parsing the previous token keys")?;
-        }
-        drop(jwt_key);
+        .await?;
+        let key_metrics = keys::KeyMetrics::register(&mut svc.registry);
         let pool = platform::db::connect_with_vault(SERVICE, &args.database, &svc.vault)
             .await
             .context("connecting to the auth database")?;
@@ -266,7 +253,7 @@ impl Application {
             .await
             .context("preparing the password hasher")?;
         tracing::info!(
-            key_id = %tokens.key_id(),
+            key_id = %tokens.key_id(clock.now()),
             issuer = tokens.issuer(),
             audience = tokens.audience(),
             hash_concurrency = args.hash_concurrency.max(1),
@@ -287,12 +274,20 @@ impl Application {
             auth,
             server,
             cleanup_interval: Duration::from_secs(args.cleanup_interval_secs.max(1)),
+            key_reload: Duration::from_secs(args.signing_key_reload_secs.max(1)),
+            key_metrics,
         })
     }
 
     /// Serves until SIGINT or SIGTERM, drains in-flight calls, closes the pool.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.svc.ready.set(true);
+        keys::keep_fresh(
+            self.auth.tokens(),
+            self.key_reload,
+            self.key_metrics.clone(),
+            self.svc.stop.clone(),
+        );
         let cleanup = tokio::spawn(cleanup_loop(
             self.auth.clone(),
             self.cleanup_interval,

@@ -1,18 +1,26 @@
 //! Access tokens: compact JWS (ES256) carrying [`AccessClaims`], header
 //! `{"typ":"JWT","alg":"ES256","kid":<RFC 7638 thumbprint>}`. Made the way
-//! `evidence::ReceiptSigner` makes receipts: the key is parsed once at
-//! start-up into an aws-lc-rs key pair and the header is encoded once; each
-//! token is one payload encoding and one signature.
+//! `evidence::ReceiptSigner` makes receipts: each key is parsed once into an
+//! aws-lc-rs key pair with its header encoded once; each token is one
+//! payload encoding and one signature.
+//!
+//! The keys rotate (docs/lifecycle.md, "Key rotation"): a [`TokenSigner`]
+//! holds the key set of the `jwt_key` secret ([`evidence::rotation`]),
+//! swapped whole when the secret is read again (`keys.rs`); a token is
+//! signed by the key that signs at its `iat`, and the JWKS holds every key
+//! published at that time.
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use evidence::rotation::{KeyRing, KeySecret, KeySet};
 use evidence::{PublicKey, SigningKey};
 use jsonwebtoken::{Algorithm, Header};
 use rpc_contracts::KeyId;
 use rpc_contracts::auth::{AccessClaims, JwkSet, Role, TOKEN_LIFETIME_SECS};
 use std::fmt;
+use std::sync::Arc;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -27,33 +35,18 @@ pub enum TokenError {
     Signing(String),
 }
 
-/// The token signing key of this deployment, parsed once, with the issuer
-/// and audience it writes into every token.
-pub struct TokenSigner {
+/// One token signing key, parsed once.
+pub struct TokenKey {
     key_pair: EcdsaKeyPair,
     rng: SystemRandom,
     public: PublicKey,
-    previous: Vec<PublicKey>,
     /// `base64url(header JSON) + "."`, the start of every token.
     header_b64: String,
-    issuer: String,
-    audience: String,
 }
 
-impl TokenSigner {
-    /// Reads the signing key from an unencrypted P-256 private key PEM
-    /// (PKCS#8 `PRIVATE KEY`, or SEC1 `EC PRIVATE KEY`).
-    pub fn from_pem(pem: &str, issuer: &str, audience: &str) -> Result<Self, TokenError> {
-        let key = SigningKey::from_pkcs8_pem(pem).map_err(|e| TokenError::Key(e.to_string()))?;
-        Self::from_signing_key(&key, issuer, audience)
-    }
-
-    /// Uses `key` as the signing key.
-    pub fn from_signing_key(
-        key: &SigningKey,
-        issuer: &str,
-        audience: &str,
-    ) -> Result<Self, TokenError> {
+impl TokenKey {
+    /// Parses `key` for signing.
+    pub fn new(key: &SigningKey) -> Result<Self, TokenError> {
         // The normalised PKCS#8 document, as aws-lc-rs reads it.
         let der = pem_der(&key.to_pkcs8_pem())?;
         let key_pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
@@ -69,11 +62,63 @@ impl TokenSigner {
             key_pair,
             rng: SystemRandom::new(),
             public,
-            previous: Vec::new(),
             header_b64,
-            issuer: issuer.to_owned(),
-            audience: audience.to_owned(),
         })
+    }
+
+    /// Its id, the `kid` of its tokens.
+    pub fn key_id(&self) -> KeyId {
+        self.public.key_id()
+    }
+}
+
+/// The token signing keys of this deployment (the `jwt_key` secret), with
+/// the issuer and audience written into every token. Cheap to clone: the
+/// clones share the key set, which [`TokenSigner::reload`] replaces.
+#[derive(Clone)]
+pub struct TokenSigner {
+    keys: Arc<KeyRing<TokenKey>>,
+    issuer: Arc<str>,
+    audience: Arc<str>,
+    /// Where the keys come from and go to (`keys.rs`); `None` for keys
+    /// given directly (tests).
+    pub(crate) vault: Option<platform::vault::Vault>,
+}
+
+impl TokenSigner {
+    /// One signing key, from an unencrypted P-256 private key PEM (PKCS#8
+    /// `PRIVATE KEY`, or SEC1 `EC PRIVATE KEY`).
+    pub fn from_pem(pem: &str, issuer: &str, audience: &str) -> Result<Self, TokenError> {
+        let key = SigningKey::from_pkcs8_pem(pem).map_err(|e| TokenError::Key(e.to_string()))?;
+        Self::from_signing_key(&key, issuer, audience)
+    }
+
+    /// `key` as the only signing key.
+    pub fn from_signing_key(
+        key: &SigningKey,
+        issuer: &str,
+        audience: &str,
+    ) -> Result<Self, TokenError> {
+        let set = KeySet::single(TokenKey::new(key)?, key.public_key(), None);
+        Ok(Self::with_set(set, issuer, audience))
+    }
+
+    /// The keys of a `jwt_key` secret (see [`KeySecret`]).
+    pub fn from_secret(
+        secret: &KeySecret,
+        issuer: &str,
+        audience: &str,
+    ) -> Result<Self, TokenError> {
+        Ok(Self::with_set(key_set(secret)?, issuer, audience))
+    }
+
+    fn with_set(set: KeySet<TokenKey>, issuer: &str, audience: &str) -> Self {
+        Self {
+            keys: Arc::new(KeyRing::new(set)),
+            issuer: issuer.into(),
+            audience: audience.into(),
+            vault: None,
+        }
     }
 
     /// A fresh random key (tests).
@@ -82,23 +127,21 @@ impl TokenSigner {
             .expect("a generated P-256 key is valid")
     }
 
-    /// Also publishes these public keys (SPKI PEM blocks, concatenated) in
-    /// the JWKS: previous signing keys whose tokens may still be alive
-    /// after a rotation.
-    pub fn with_previous_keys(mut self, pems: &str) -> Result<Self, TokenError> {
-        for block in pem_blocks(pems, "PUBLIC KEY") {
-            let key = PublicKey::from_spki_pem(&block)
-                .map_err(|e| TokenError::Key(format!("previous public key: {e}")))?;
-            if key != self.public && !self.previous.contains(&key) {
-                self.previous.push(key);
-            }
-        }
-        Ok(self)
+    /// Replaces the keys with those of `secret` (read again from Vault);
+    /// answers whether they changed. A secret that does not parse changes
+    /// nothing.
+    pub fn reload(&self, secret: &KeySecret) -> Result<bool, TokenError> {
+        Ok(self.keys.replace(key_set(secret)?))
     }
 
-    /// The signing key's id (RFC 7638 thumbprint), the `kid` of its tokens.
-    pub fn key_id(&self) -> KeyId {
-        self.public.key_id()
+    /// The current key set.
+    pub fn keys(&self) -> Arc<KeySet<TokenKey>> {
+        self.keys.current()
+    }
+
+    /// The id (RFC 7638 thumbprint) of the key that signs at `now`.
+    pub fn key_id(&self, now: OffsetDateTime) -> KeyId {
+        self.keys().signing_key_id(now).clone()
     }
 
     /// The `iss` of every token.
@@ -111,20 +154,18 @@ impl TokenSigner {
         &self.audience
     }
 
-    /// The public keys that verify tokens: the current one first, then the
-    /// previous ones. Each JWK has `kty`, `crv`, `x`, `y`, `kid`, `use`
-    /// "sig" and `alg` "ES256".
-    pub fn jwks(&self) -> JwkSet {
+    /// The public keys that verify tokens at `now`: the active one first,
+    /// the next one, then the previous ones still published. Each JWK has
+    /// `kty`, `crv`, `x`, `y`, `kid`, `use` "sig" and `alg` "ES256".
+    pub fn jwks(&self, now: OffsetDateTime) -> JwkSet {
         JwkSet {
-            keys: std::iter::once(&self.public)
-                .chain(&self.previous)
-                .map(public_jwk)
-                .collect(),
+            keys: self.keys().jwks(now),
         }
     }
 
     /// Signs a token for `sub` issued at `now` (whole seconds), valid
-    /// [`TOKEN_LIFETIME_SECS`], with a fresh `jti`.
+    /// [`TOKEN_LIFETIME_SECS`], with a fresh `jti`, with the key that signs
+    /// at `now`.
     pub fn issue(
         &self,
         sub: &str,
@@ -134,8 +175,8 @@ impl TokenSigner {
     ) -> Result<(String, AccessClaims), TokenError> {
         let iat = now.unix_timestamp();
         let claims = AccessClaims {
-            iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            iss: self.issuer.to_string(),
+            aud: self.audience.to_string(),
             sub: sub.to_owned(),
             roles: roles.to_vec(),
             iat,
@@ -146,12 +187,14 @@ impl TokenSigner {
         };
         let payload = serde_json::to_vec(&claims)
             .map_err(|e| TokenError::Signing(format!("cannot encode the claims: {e}")))?;
-        let mut token = String::with_capacity(self.header_b64.len() + payload.len() * 4 / 3 + 90);
-        token.push_str(&self.header_b64);
+        let keys = self.keys();
+        let key = keys.signer(now);
+        let mut token = String::with_capacity(key.header_b64.len() + payload.len() * 4 / 3 + 90);
+        token.push_str(&key.header_b64);
         URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
-        let signature = self
+        let signature = key
             .key_pair
-            .sign(&self.rng, token.as_bytes())
+            .sign(&key.rng, token.as_bytes())
             .map_err(|e| TokenError::Signing(e.to_string()))?;
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut token);
@@ -162,38 +205,15 @@ impl TokenSigner {
 impl fmt::Debug for TokenSigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenSigner")
-            .field("key_id", &self.public.key_id().as_str())
+            .field("keys", &self.keys)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .finish_non_exhaustive()
     }
 }
 
-fn public_jwk(key: &PublicKey) -> serde_json::Value {
-    let mut jwk = key.jwk();
-    if let Some(members) = jwk.as_object_mut() {
-        members.insert("kid".into(), key.key_id().as_str().into());
-        members.insert("use".into(), "sig".into());
-        members.insert("alg".into(), "ES256".into());
-    }
-    jwk
-}
-
-/// The PEM blocks labelled `label` in `text`, each with its armour.
-fn pem_blocks(text: &str, label: &str) -> Vec<String> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let mut blocks = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find(&begin) {
-        let Some(stop) = rest[start..].find(&end) else {
-            break;
-        };
-        let stop = start + stop + end.len();
-        blocks.push(rest[start..stop].to_owned());
-        rest = &rest[stop..];
-    }
-    blocks
+fn key_set(secret: &KeySecret) -> Result<KeySet<TokenKey>, TokenError> {
+    KeySet::from_secret(secret, TokenKey::new).map_err(|e| TokenError::Key(e.to_string()))
 }
 
 /// The DER inside a single-block PEM.
@@ -233,12 +253,12 @@ mod tests {
         let header = part(&token, 0);
         assert_eq!(
             header,
-            serde_json::json!({"typ": "JWT", "alg": "ES256", "kid": signer.key_id().as_str()})
+            serde_json::json!({"typ": "JWT", "alg": "ES256", "kid": signer.key_id(now).as_str()})
         );
-        let jwks = signer.jwks();
+        let jwks = signer.jwks(now);
         assert_eq!(jwks.keys.len(), 1);
         let jwk = &jwks.keys[0];
-        assert_eq!(jwk["kid"], signer.key_id().as_str());
+        assert_eq!(jwk["kid"], signer.key_id(now).as_str());
         assert_eq!(
             (jwk["alg"].as_str(), jwk["use"].as_str()),
             (Some("ES256"), Some("sig"))
@@ -301,20 +321,26 @@ mod tests {
 
     #[test]
     fn pem_keys_and_previous_keys_are_read() {
+        let now = datetime!(2026-03-01 09:00 UTC);
         let key = SigningKey::generate();
         let signer = TokenSigner::from_pem(&key.to_pkcs8_pem(), "i", "a").unwrap();
-        assert_eq!(signer.key_id(), key.public_key().key_id());
+        assert_eq!(signer.key_id(now), key.public_key().key_id());
         let old = SigningKey::generate().public_key();
         let older = SigningKey::generate().public_key();
-        let pems = format!(
-            "{}\n{}{}",
-            old.to_spki_pem(),
-            older.to_spki_pem(),
-            key.public_key().to_spki_pem()
-        );
-        let signer = signer.with_previous_keys(&pems).unwrap();
+        // The format before rotation: previous keys as PEM blocks.
+        let secret: KeySecret = serde_json::from_value(serde_json::json!({
+            "private_key_pem": key.to_pkcs8_pem(),
+            "previous_public_keys_pem": format!(
+                "{}\n{}{}",
+                old.to_spki_pem(),
+                older.to_spki_pem(),
+                key.public_key().to_spki_pem()
+            ),
+        }))
+        .unwrap();
+        assert!(signer.reload(&secret).unwrap());
         let kids: Vec<String> = signer
-            .jwks()
+            .jwks(now)
             .keys
             .iter()
             .map(|k| k["kid"].as_str().unwrap().to_owned())
@@ -328,10 +354,39 @@ mod tests {
             ]
         );
         assert!(TokenSigner::from_pem("not a key", "i", "a").is_err());
-        assert!(
-            signer
-                .with_previous_keys("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----")
-                .is_err()
+        let bad: KeySecret = serde_json::from_value(serde_json::json!({
+            "private_key_pem": key.to_pkcs8_pem(),
+            "previous_public_keys_pem": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----",
+        }))
+        .unwrap();
+        assert!(signer.reload(&bad).is_err());
+        assert_eq!(
+            signer.jwks(now).keys.len(),
+            3,
+            "a refused secret changes nothing"
         );
+    }
+
+    #[test]
+    fn tokens_are_signed_by_the_key_that_signs_at_their_time() {
+        let t0 = datetime!(2026-03-01 09:00 UTC);
+        let active = SigningKey::generate();
+        let next = SigningKey::generate();
+        let mut secret = KeySecret::new(&active, Some(t0));
+        secret.next_private_key_pem = Some(next.to_pkcs8_pem());
+        secret.next_active_at = Some(t0 + time::Duration::minutes(10));
+        let signer = TokenSigner::from_secret(&secret, "i", "a").unwrap();
+        let kid_of = |token: &str| part(token, 0)["kid"].as_str().unwrap().to_owned();
+        let (before, _) = signer.issue("alice", &[Role::Admin], 1, t0).unwrap();
+        let at = t0 + time::Duration::minutes(10);
+        let (after, _) = signer.issue("alice", &[Role::Admin], 1, at).unwrap();
+        assert_eq!(kid_of(&before), active.public_key().key_id().as_str());
+        assert_eq!(kid_of(&after), next.public_key().key_id().as_str());
+        // Both are published from the start.
+        assert_eq!(signer.jwks(t0).keys.len(), 2);
+        // A clone shares the keys a reload replaces.
+        let clone = signer.clone();
+        signer.reload(&KeySecret::new(&next, Some(at))).unwrap();
+        assert_eq!(clone.key_id(t0), next.public_key().key_id());
     }
 }

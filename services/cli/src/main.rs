@@ -38,6 +38,7 @@ async fn main() -> ExitCode {
         Command::Series(args) => commands::backoffice::series(args, &ctx).await,
         Command::Job(cmd) => commands::job::run(cmd, &ctx).await,
         Command::Archive(cmd) => commands::archive::run(cmd, &ctx).await,
+        Command::Canary(args) => commands::canary::run(args, &ctx).await,
     };
     ctx.close().await;
     match outcome {

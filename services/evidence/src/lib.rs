@@ -11,12 +11,15 @@
 //!   [`PublicKey::verify`] over exact bytes), [`SigningKey`] for submitters'
 //!   tools, [`decode_signature_header`], [`sha256_hex`].
 //! - [`receipt`]: [`ReceiptSigner`] and [`verify_receipt`].
+//! - [`rotation`]: the platform's signing keys over time: their Vault secret,
+//!   one rotation step, the set a service signs with and publishes.
 //! - [`generate`]: realistic, seeded demo and benchmark packages.
 
 pub mod generate;
 pub mod keys;
 pub mod package;
 pub mod receipt;
+pub mod rotation;
 
 pub use keys::{
     KeyError, PublicKey, SignatureError, SigningKey, decode_signature_header, sha256, sha256_hex,

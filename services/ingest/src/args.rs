@@ -57,6 +57,11 @@ pub struct ServeArgs {
         default_value = "tallyhouse-archive"
     )]
     pub archive_bucket: String,
+    /// How often the receipt signing keys are read again from Vault, in
+    /// seconds: a rotated key reaches every instance within this time
+    /// (keep it well below the rotation's activation delay).
+    #[arg(long, env = "TALLYHOUSE_SIGNING_KEY_RELOAD_SECS", default_value_t = 30)]
+    pub signing_key_reload_secs: u64,
     /// The lifecycle jobs, when run over RPC (`tallyhouse job run`).
     #[command(flatten)]
     pub jobs: JobOptions,

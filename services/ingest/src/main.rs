@@ -7,6 +7,7 @@ mod args;
 mod jobs;
 mod keys;
 mod metrics;
+mod receipt_keys;
 mod schema;
 mod service;
 mod store;

@@ -6,10 +6,11 @@
 use crate::args::ServeArgs;
 use crate::keys::KeyDirectory;
 use crate::metrics::{IngestMetrics, Stage};
+use crate::receipt_keys::ReceiptKeys;
 use crate::schema;
 use crate::store::{PackageRow, RecordStore};
 use anyhow::Context as _;
-use evidence::{ReceiptClaims, ReceiptSigner};
+use evidence::ReceiptClaims;
 use platform::db::DatabaseLogin;
 use platform::rpc::{RequestContext, RpcClient, RpcServer};
 use platform::s3::{EvidenceStore, S3Credentials};
@@ -18,23 +19,17 @@ use rpc_contracts::ingest::{
     self, JwkSet, ReceiptKeysRequest, SubmitPackageRequest, SubmitPackageResponse,
 };
 use rpc_contracts::{ErrorCode, KeyId, RpcError};
-use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
-/// The receipt signing key, the `receipt_key` secret in Vault.
-#[derive(Deserialize)]
-struct ReceiptKeySecret {
-    private_key_pem: secrecy::SecretString,
-}
-
 struct Ingest {
     keys: KeyDirectory,
     store: Arc<RecordStore>,
     evidence: EvidenceStore,
-    signer: ReceiptSigner,
+    /// The receipt signing keys (`receipt_keys.rs`), reloaded from Vault.
+    signer: ReceiptKeys,
     verify_slots: Arc<Semaphore>,
     inline_verify_max_bytes: usize,
     metrics: IngestMetrics,
@@ -54,16 +49,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .read("s3")
         .await
         .context("reading the S3 credentials")?;
-    let receipt_key: ReceiptKeySecret = svc
-        .vault
-        .read("receipt_key")
-        .await
-        .context("reading the receipt key")?;
-    let signer = {
-        use secrecy::ExposeSecret as _;
-        ReceiptSigner::from_pkcs8_pem(receipt_key.private_key_pem.expose_secret())
-            .context("parsing the receipt key")?
-    };
+    let signer = crate::receipt_keys::load(&svc.vault).await?;
+    crate::receipt_keys::keep_fresh(
+        &signer,
+        &svc.vault,
+        Duration::from_secs(args.signing_key_reload_secs.max(1)),
+        &mut svc.registry,
+        svc.stop.clone(),
+    );
     let store = Arc::new(RecordStore::connect(&args.database, &login.creds)?);
     store.check_schema(schema::expected_version()).await?;
     let lifecycle = crate::jobs::rpc::Lifecycle::start(
@@ -139,8 +132,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             async move { ingest.submit(ctx, req, platform::clock::now()).await }
         })
         .on::<ingest::ReceiptKeys, _, _>(move |_ctx, _req: ReceiptKeysRequest| {
-            let jwk = keys.signer.jwk();
-            async move { Ok(JwkSet { keys: vec![jwk] }) }
+            let jwks = keys.signer.current().jwks(platform::clock::now());
+            async move { Ok(JwkSet { keys: jwks }) }
         })
         .build()
         .gated(svc.vault.gate());
@@ -313,7 +306,9 @@ impl Ingest {
         };
         // Signing takes tens of microseconds: not worth a thread hop.
         let receipt = metrics
-            .compute(Stage::ReceiptSign, || self.signer.sign(&claims))
+            .compute(Stage::ReceiptSign, || {
+                self.signer.current().signer(received_at).sign(&claims)
+            })
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot sign receipt");
                 err(ErrorCode::Internal, "cannot sign the receipt")

@@ -7,6 +7,10 @@
 //!   fails an AppRole login is made again (with backoff) before it expires.
 //! * **Static secrets** are read from KV v2 at `<prefix>/<service>/<kind>`
 //!   ([`Vault::read`]); each service's policy allows only its own paths.
+//!   Those that change under a running service (rotated signing keys) are
+//!   re-read with [`Vault::keep_reading`], and written by the service that
+//!   owns them with [`Vault::write_cas`] (check-and-set on the version
+//!   [`Vault::read_versioned`] answered).
 //! * **Leased secrets** (database logins from the database secrets engine)
 //!   are read with [`Vault::read_leased`] and kept alive by
 //!   [`Vault::keep_leased`]: renewed at about two thirds of their TTL, and
@@ -61,6 +65,17 @@ pub enum VaultError {
         path: String,
         /// What Vault said (status code).
         reason: String,
+    },
+    /// A check-and-set write found another version than the one read: the
+    /// secret changed meanwhile (read it again and redo the change).
+    #[error("{path} changed in Vault at {addr} since version {version} was read")]
+    Conflict {
+        /// The Vault address.
+        addr: String,
+        /// The logical secret path.
+        path: String,
+        /// The version the write was based on.
+        version: u64,
     },
     /// Vault could not be reached in the time allowed.
     #[error("Vault at {addr} was unreachable for {waited:?} while reading {path}: {reason}")]
@@ -170,6 +185,14 @@ struct Inner {
     /// The last call to Vault succeeded.
     reachable: AtomicBool,
     renewals: Family<RenewalLabels, Counter>,
+    /// Re-reads of static secrets ([`Vault::keep_reading`]).
+    reloads: Family<ReloadLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ReloadLabels {
+    kind: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -213,6 +236,22 @@ struct LeaseEnvelope<T> {
     #[serde(default)]
     renewable: bool,
     data: T,
+}
+
+#[derive(Deserialize)]
+struct KvEnvelope<T> {
+    data: KvData<T>,
+}
+
+#[derive(Deserialize)]
+struct KvData<T> {
+    data: T,
+    metadata: KvMetadata,
+}
+
+#[derive(Deserialize)]
+struct KvMetadata {
+    version: u64,
 }
 
 #[derive(Deserialize)]
@@ -272,6 +311,7 @@ impl Vault {
                 leases: Mutex::default(),
                 reachable: AtomicBool::new(false),
                 renewals: Family::default(),
+                reloads: Family::default(),
                 settings,
             }),
         };
@@ -458,6 +498,156 @@ impl Vault {
     /// This service's RabbitMQ credentials.
     pub async fn amqp_credentials(&self) -> Result<AmqpCredentials, VaultError> {
         self.read("amqp").await
+    }
+
+    /// Reads this service's KV secret `kind` once (no retry: for periodic
+    /// re-reads and read-modify-write), with its KV version, the base of a
+    /// [`Vault::write_cas`].
+    pub async fn read_versioned<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+    ) -> Result<(T, u64), VaultError> {
+        let path = self.path(kind);
+        let url = format!(
+            "{}/v1/{}/data/{path}",
+            self.addr().trim_end_matches('/'),
+            self.inner.settings.mount
+        );
+        let result = self.get_json::<KvEnvelope<T>>(&url).await;
+        self.once(&path, result)
+            .map(|e| (e.data.data, e.data.metadata.version))
+    }
+
+    /// Writes this service's KV secret `kind` if its current version is
+    /// still `version` (KV v2 check-and-set), else fails with
+    /// [`VaultError::Conflict`]; answers the new version. The policy must
+    /// allow `update` on the path: only the secrets a service rotates
+    /// itself (deployment/vault/secrets.json, `writes`).
+    pub async fn write_cas<T: serde::Serialize>(
+        &self,
+        kind: &str,
+        data: &T,
+        version: u64,
+    ) -> Result<u64, VaultError> {
+        let path = self.path(kind);
+        let cas = u32::try_from(version).map_err(|_| VaultError::Refused {
+            addr: self.addr().to_owned(),
+            path: path.clone(),
+            reason: format!("version {version} is beyond check-and-set's range"),
+        })?;
+        let result = vaultrs::kv2::set_with_options(
+            &*self.client(),
+            &self.inner.settings.mount,
+            &path,
+            data,
+            vaultrs::api::kv2::requests::SetSecretRequestOptions { cas },
+        )
+        .await;
+        match result {
+            Err(vaultrs::error::ClientError::APIError { code: 400, errors })
+                if errors.iter().any(|e| e.contains("check-and-set")) =>
+            {
+                self.inner.reachable.store(true, Ordering::SeqCst);
+                Err(VaultError::Conflict {
+                    addr: self.addr().to_owned(),
+                    path,
+                    version,
+                })
+            }
+            other => self.once(&path, other).map(|m| m.version),
+        }
+    }
+
+    /// The outcome of one call to Vault as a [`VaultError`], recording
+    /// whether Vault answered.
+    fn once<T>(
+        &self,
+        path: &str,
+        result: Result<T, vaultrs::error::ClientError>,
+    ) -> Result<T, VaultError> {
+        match result {
+            Ok(v) => {
+                self.inner.reachable.store(true, Ordering::SeqCst);
+                Ok(v)
+            }
+            Err(e) if !transient(&e) => {
+                self.inner.reachable.store(true, Ordering::SeqCst);
+                let reason = match &e {
+                    vaultrs::error::ClientError::APIError { code, .. } => format!("status {code}"),
+                    other => other.to_string(),
+                };
+                Err(VaultError::Refused {
+                    addr: self.addr().to_owned(),
+                    path: path.to_owned(),
+                    reason,
+                })
+            }
+            Err(e) => {
+                self.inner.reachable.store(false, Ordering::SeqCst);
+                Err(VaultError::Unreachable {
+                    addr: self.addr().to_owned(),
+                    path: path.to_owned(),
+                    waited: Duration::ZERO,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Re-reads this service's static KV secret `kind` every `every` until
+    /// `stop` and hands each value to `apply`, for secrets that change
+    /// under a running service (rotated signing keys). A failed read, or a
+    /// value `apply` refuses (its error, which must hold nothing secret),
+    /// keeps what the service holds: logged, and counted in
+    /// `tallyhouse_vault_secret_reloads_total{kind, outcome}` (`ok`,
+    /// `read_failed`, `refused`).
+    pub fn keep_reading<T, F>(
+        &self,
+        kind: &'static str,
+        every: Duration,
+        apply: F,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(T) -> Result<(), String> + Send + 'static,
+    {
+        let vault = self.clone();
+        for outcome in ["ok", "read_failed", "refused"] {
+            let _ = vault
+                .inner
+                .reloads
+                .get_or_create(&ReloadLabels { kind, outcome });
+        }
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every.max(Duration::from_millis(100)));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await; // the first tick is now: the caller has just read it
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                let outcome = match vault.read_versioned::<T>(kind).await {
+                    Ok((value, _)) => match apply(value) {
+                        Ok(()) => "ok",
+                        Err(e) => {
+                            tracing::warn!(kind, error = %e, "refused the secret read again from Vault; keeping the one held");
+                            "refused"
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(kind, error = %e, "cannot read the secret again from Vault; keeping the one held");
+                        "read_failed"
+                    }
+                };
+                vault
+                    .inner
+                    .reloads
+                    .get_or_create(&ReloadLabels { kind, outcome })
+                    .inc();
+            }
+        })
     }
 
     /// Reads a secret with a lease at the API path `path` (e.g.
@@ -815,6 +1005,11 @@ impl Vault {
             "renewals",
             "Token and lease renewals, re-logins and replacements, by outcome",
             self.inner.renewals.clone(),
+        );
+        sub.register(
+            "secret_reloads",
+            "Periodic re-reads of static secrets (rotated signing keys), by kind and outcome",
+            self.inner.reloads.clone(),
         );
         sub.register_collector(Box::new(VaultCollector {
             vault: self.clone(),

@@ -28,7 +28,9 @@ pub enum QueryError {
     },
     /// The package row exists but its blob was deleted at the end of its
     /// retention period.
-    #[error("the raw bytes of package {package_id} (submitter {submitter_id}) are past their retention")]
+    #[error(
+        "the raw bytes of package {package_id} (submitter {submitter_id}) are past their retention"
+    )]
     EvidenceExpired {
         /// The submitter.
         submitter_id: SubmitterId,

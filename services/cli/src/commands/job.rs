@@ -14,8 +14,9 @@ use std::time::Duration;
 #[derive(Debug, clap::Subcommand)]
 pub enum JobCommand {
     /// Start a run of a job now (partitions-ahead, columnar, seal,
-    /// verify-seals, rollup). When another run holds the job's lock, says
-    /// so and succeeds without starting one.
+    /// verify-seals, rollup, archive, cleanup, rotate-keys; a restore is
+    /// `archive restore`). When another run holds the job's lock, says so
+    /// and succeeds without starting one.
     Run {
         /// The job.
         job: JobName,

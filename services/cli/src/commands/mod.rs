@@ -6,6 +6,7 @@
 //! work on local files and the gateway's public HTTP API.
 pub mod archive;
 pub mod backoffice;
+pub mod canary;
 pub mod job;
 pub mod key;
 pub mod keygen;
@@ -123,6 +124,9 @@ pub enum Command {
     /// Restore an archived partition (operator).
     #[command(subcommand)]
     Archive(archive::ArchiveCommand),
+    /// End-to-end canary: submit, verify and read back a package through
+    /// the public gateway every interval, with metrics (operations).
+    Canary(canary::CanaryArgs),
 }
 
 /// What a command runs with: how to print, and RPC made on first use.
@@ -131,6 +135,9 @@ pub struct Context {
     pub output: Output,
     /// Calls to the platform.
     pub rpc: Rpc,
+    /// How to reach the platform (Vault address, mount and prefix, for
+    /// commands that read secrets of their own: `canary`).
+    pub connection: ConnectionArgs,
 }
 
 impl Context {
@@ -138,6 +145,7 @@ impl Context {
     pub fn new(global: GlobalArgs) -> Self {
         Self {
             output: Output { json: global.json },
+            connection: global.connection.clone(),
             rpc: Rpc::new(global.connection),
         }
     }

@@ -771,11 +771,11 @@ pub async fn run_archive(
                 drop_partition(conn, &p.name).await?;
                 dropped.push(json!(p.name));
             }
-            Some((state, Some(restored_at))) if state == "restored" => {
-                if *restored_at + keep <= now {
-                    drop_partition(conn, &p.name).await?;
-                    dropped.push(json!(p.name));
-                }
+            Some((state, Some(restored_at)))
+                if state == "restored" && *restored_at + keep <= now =>
+            {
+                drop_partition(conn, &p.name).await?;
+                dropped.push(json!(p.name));
             }
             Some(_) => {}
             None if p.to() <= cutoff && budget > 0 => {

@@ -105,7 +105,7 @@ impl Lifecycle {
                     "partition: restore needs the partition to bring back (records_pYYYYMMDD)",
                 ));
             }
-            (JobName::Restore, Some(p)) if !crate::jobs::partitions::day_of(p).is_some() => {
+            (JobName::Restore, Some(p)) if crate::jobs::partitions::day_of(p).is_none() => {
                 return Err(RpcError::new(
                     ErrorCode::BadRequest,
                     format!("partition: {p:?} is not a partition name (records_pYYYYMMDD)"),
