@@ -116,6 +116,67 @@ fn details(s: &Scenario, v: &Verdict) -> String {
                 idle["fds"],
             ));
         }
+        "network-delay" => {
+            let p = get("latency_by_phase");
+            let applied = get("delay_applied");
+            let n = |v: &Value| match v {
+                Value::Null => "–".to_owned(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            parts.push(format!(
+                "delay {}–{} ms each way from {} to {}; latency of the submissions started and acknowledged before it: p50 {} ms ({} acknowledged), under it: p50 {} ms, p90 {} ms, max {} ms ({}), after it: p50 {} ms ({}); the p50 rose {} ms, {} times the mean one-way delay really applied ({} ms over {} chunks to the broker and {} back; at most {} / {} ms: order is kept, so a chunk may wait behind an earlier one drawn longer)",
+                n(&get("delay")["min_ms"]),
+                n(&get("delay")["max_ms"]),
+                secs(&get("inject_at_ms")),
+                secs(&get("delay_removed_at_ms").as_u64().map_or(get("heal_at_ms"), Value::from)),
+                n(&p["before"]["p50_ms"]),
+                n(&p["before"]["acks"]),
+                n(&p["delayed"]["p50_ms"]),
+                n(&p["delayed"]["p90_ms"]),
+                n(&p["delayed"]["max_ms"]),
+                n(&p["delayed"]["acks"]),
+                n(&p["after"]["p50_ms"]),
+                n(&p["after"]["acks"]),
+                n(&get("latency_p50_rise_ms")),
+                n(&get("rise_in_one_way_delays")),
+                n(&applied["mean_ms"]),
+                n(&applied["up"]["chunks"]),
+                n(&applied["down"]["chunks"]),
+                n(&applied["up"]["max_ms"]),
+                n(&applied["down"]["max_ms"]),
+            ));
+            let phase = get("deadline_phase");
+            if !phase.is_null() {
+                let errors = phase["errors"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, c)| format!("{c}× {k}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "none".into());
+                parts.push(format!(
+                    "then {}–{} ms each way from {} to {}: {} submissions started and acknowledged within it; failed attempts overlapping it: {}",
+                    n(&get("deadline_delay")["min_ms"]),
+                    n(&get("deadline_delay")["max_ms"]),
+                    secs(&phase["from_ms"]),
+                    secs(&phase["to_ms"]),
+                    n(&phase["latency"]["acks"]),
+                    errors,
+                ));
+            }
+            if let Some(c) = x.get("broker_connections") {
+                parts.push(format!(
+                    "broker connections through the proxy {} at the injection, {} at the end, {} opened in between",
+                    n(&c["at_injection"]),
+                    n(&c["at_end"]),
+                    n(&c["opened_since_injection"]),
+                ));
+            }
+        }
         "vault-seal" => parts.push(format!(
             "lease TTL {} s; sealed from {} to {}",
             get("lease_ttl_secs"),
@@ -320,4 +381,84 @@ pub fn write_saturation(path: &Path, v: &Verdict, when: &str) -> anyhow::Result<
     })?;
     std::fs::write(path, doc)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod doc_tests {
+    use super::*;
+    use crate::scenarios::scenarios;
+    use serde_json::json;
+
+    /// The figures line of `network-delay` names every figure the run
+    /// reports (none left as a placeholder), and a row replaces its own.
+    #[test]
+    fn network_delay_rows_and_figures_are_written() {
+        let s = scenarios()
+            .into_iter()
+            .find(|s| s.name == "network-delay")
+            .expect("the scenario");
+        let mut v = Verdict {
+            packages: 10,
+            acknowledged: 10,
+            attempts: 11,
+            p50_ms: Some(13),
+            ..Verdict::default()
+        };
+        v.errors.insert("504 deadline_exceeded".into(), 1);
+        let extra = json!({
+            "delay": { "min_ms": 100, "max_ms": 300, "mean_ms": 200 },
+            "inject_at_ms": 10_000, "delay_removed_at_ms": 20_001, "heal_at_ms": 40_001,
+            "latency_by_phase": {
+                "before": { "acks": 200, "p50_ms": 12, "p90_ms": 20, "max_ms": 40 },
+                "delayed": { "acks": 62, "p50_ms": 940, "p90_ms": 1700, "max_ms": 1900 },
+                "after": { "acks": 700, "p50_ms": 13, "p90_ms": 20, "max_ms": 50 },
+            },
+            "latency_p50_rise_ms": 928, "rise_in_one_way_delays": 4.2,
+            "delay_applied": { "mean_ms": 220.5,
+                "up": { "chunks": 259, "max_ms": 300.2 }, "down": { "chunks": 209, "max_ms": 301.5 } },
+            "deadline_delay": { "min_ms": 1900, "max_ms": 2100 },
+            "deadline_phase": { "from_ms": 25_000, "to_ms": 40_000,
+                "errors": { "504 deadline_exceeded": 1 }, "latency": { "acks": 0 } },
+            "broker_connections": { "at_injection": 6, "at_end": 6, "opened_since_injection": 0 },
+        });
+        v.extra = extra.as_object().expect("an object").clone();
+        let line = details(&s, &v);
+        for want in [
+            "delay 100–300 ms each way from 10.0 s to 20.0 s",
+            "p50 940 ms, p90 1700 ms, max 1900 ms (62)",
+            "rose 928 ms, 4.2 times",
+            "then 1900–2100 ms each way from 25.0 s to 40.0 s: 0 submissions",
+            "1× 504 deadline_exceeded",
+            "6 at the injection, 6 at the end, 0 opened",
+        ] {
+            assert!(line.contains(want), "{want:?} not in {line}");
+        }
+        assert!(
+            !line.contains("null") && !line.contains(" – ms"),
+            "a figure missing: {line}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("chaos-doc-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("a folder");
+        let path = dir.join("r.md");
+        std::fs::write(
+            &path,
+            "head\n<!-- chaos:faults:begin -->\n| `network-delay` | old |\n<!-- chaos:faults:end -->\ntail\n",
+        )
+        .expect("write");
+        let order = scenarios();
+        write_faults(&path, &order, &[(&s, &v)], "now", false).expect("written");
+        let doc = std::fs::read_to_string(&path).expect("read");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            doc.starts_with("head\n") && doc.ends_with("tail\n"),
+            "{doc}"
+        );
+        assert_eq!(doc.matches("| `network-delay` |").count(), 1, "{doc}");
+        assert!(!doc.contains("| old |"), "{doc}");
+        assert!(
+            doc.contains("1× 504 deadline_exceeded | – / – | **pass** | now |"),
+            "{doc}"
+        );
+    }
 }

@@ -35,6 +35,7 @@ use clap::Parser;
 use load::LoadConfig;
 use scenarios::{Ctx, Scenario, scenarios};
 use serde_json::json;
+use servers::DelaySpec;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -112,6 +113,24 @@ struct Options {
     /// `<!-- chaos:… -->` markers (e.g. docs/reliability.md).
     #[arg(long)]
     write_doc: Option<PathBuf>,
+
+    /// `network-delay`: mean one-way delay added to every chunk between the
+    /// services and the broker, milliseconds (below the call deadlines).
+    #[arg(long, default_value_t = 200)]
+    delay_ms: u64,
+
+    /// `network-delay`: the delay is drawn uniformly from
+    /// `delay-ms ± delay-jitter-ms`.
+    #[arg(long, default_value_t = 100)]
+    delay_jitter_ms: u64,
+
+    /// `network-delay`: one-way delay of a second phase that makes a
+    /// submission's round trips exceed the 10 s call deadline, milliseconds
+    /// (± a tenth of it, at most `--delay-jitter-ms`); 0 skips it (default
+    /// 2000, 0 with --short). From about 2300 the 5 s publisher-confirm
+    /// timeout (two crossings) is met first: 503 disconnected, not 504.
+    #[arg(long)]
+    deadline_delay_ms: Option<u64>,
 
     /// Use the service binaries already built next to this one.
     #[arg(long)]
@@ -260,6 +279,20 @@ async fn run(options: Options) -> anyhow::Result<bool> {
         after: secs(options.after_secs, 20, 10),
         drain: Duration::from_secs(options.drain_secs),
         verify_blobs: 25,
+        delay: DelaySpec::around(
+            Duration::from_millis(options.delay_ms),
+            Duration::from_millis(options.delay_jitter_ms),
+        ),
+        deadline_delay: match options
+            .deadline_delay_ms
+            .unwrap_or(if short { 0 } else { 2000 })
+        {
+            0 => None,
+            ms => Some(DelaySpec::around(
+                Duration::from_millis(ms),
+                Duration::from_millis(options.delay_jitter_ms.min(ms / 10)),
+            )),
+        },
     };
     let started_unix_ms = platform::clock::now_unix_ms();
     let when = platform::clock::now()

@@ -5,9 +5,10 @@
 //! checker compare the history with what was stored.
 
 use crate::check::{Timeline, Verdict, check};
-use crate::load::{History, Load, LoadConfig, Submitter};
+use crate::load::{History, Load, LoadConfig, Outcome, Submitter};
 use crate::servers::{
-    PrivateBao, PrivatePostgres, PrivateS3, StallProxy, fd_kinds, proc_stats, sockets_to,
+    DelayProxy, DelaySpec, PrivateBao, PrivatePostgres, PrivateS3, StallProxy, fd_kinds,
+    proc_stats, sockets_to,
 };
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
@@ -15,6 +16,7 @@ use platform::amqp::BrokerUri;
 use platform::s3::{EvidenceStore, S3Args, S3Credentials};
 use platform::testing::{DedicatedBroker, TcpProxy, amqp_uri};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,6 +43,11 @@ pub struct Ctx {
     pub drain: Duration,
     /// Blobs read back and hashed per scenario.
     pub verify_blobs: usize,
+    /// `network-delay`: the one-way delay below the call deadlines.
+    pub delay: DelaySpec,
+    /// `network-delay`: a second phase whose delay makes a submission's
+    /// round trips exceed the call deadline (`None`: skipped).
+    pub deadline_delay: Option<DelaySpec>,
 }
 
 /// One scenario.
@@ -92,6 +99,13 @@ pub fn scenarios() -> Vec<Scenario> {
             injected: "the same proxy stalls instead (a black hole: no byte moves, new connections hang) for longer than two heartbeats, then flows again",
             expected: "504/503 while stalled; heartbeats detect the dead links; reconnects that time out leave no socket behind",
             run: |c| broker_stall(c).boxed(),
+        },
+        Scenario {
+            name: "network-delay",
+            short: true,
+            injected: "services reach the shared broker through a proxy that delays every chunk each way (`--delay-ms` ± `--delay-jitter-ms`, default 200 ± 100 ms, order kept) for the fault time; in the full form, 5 s later, 2 s ± 100 ms each way for 15 s (`--deadline-delay-ms`: a submission's round trips with its key lookup exceed the 10 s call deadline)",
+            expected: "no error, no loss, no duplicate under the delay below the deadlines; latency rises by the delay times the one-way passes of a call; above the deadline 504 deadline_exceeded, and resends succeed once the delay is gone, each stored once",
+            run: |c| network_delay(c).boxed(),
         },
         Scenario {
             name: "postgres-restart",
@@ -684,6 +698,236 @@ async fn broker_stall(ctx: &Ctx) -> anyhow::Result<Verdict> {
                 "service threads {} before, {} idle after",
                 h0.threads, h3.threads
             ));
+        }
+        Ok(v)
+    }
+    .await;
+    stop_stack(stack, true).await;
+    drop(proxy);
+    outcome
+}
+
+/// Latency of the acknowledged attempts that started at or after `from`
+/// and ended before `to`: how many, p50, p90 and max (ms).
+struct Window {
+    acks: usize,
+    p50: Option<u64>,
+    p90: Option<u64>,
+    max: Option<u64>,
+}
+
+fn latency_within(acks: &[(Duration, Duration)], from: Duration, to: Duration) -> Window {
+    let mut lat: Vec<u64> = acks
+        .iter()
+        .filter(|(ended, latency)| ended.saturating_sub(*latency) >= from && *ended < to)
+        .map(|(_, l)| l.as_millis() as u64)
+        .collect();
+    lat.sort_unstable();
+    let at = |q: f64| (!lat.is_empty()).then(|| lat[((lat.len() - 1) as f64 * q).round() as usize]);
+    Window {
+        acks: lat.len(),
+        p50: at(0.5),
+        p90: at(0.9),
+        max: lat.last().copied(),
+    }
+}
+
+impl Window {
+    fn json(&self) -> serde_json::Value {
+        json!({ "acks": self.acks, "p50_ms": self.p50, "p90_ms": self.p90, "max_ms": self.max })
+    }
+}
+
+fn ms_of(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// `{min_ms, max_ms}` of a delay.
+fn delay_json(d: &DelaySpec) -> serde_json::Value {
+    json!({ "min_ms": ms_of(d.min), "max_ms": ms_of(d.max), "mean_ms": ms_of(d.mean()) })
+}
+
+/// The least number of times a submission's messages cross the proxy: the
+/// request gateway → broker → ingest, the reply ingest → broker → gateway.
+/// (A key lookup in the registry adds four more.)
+const ONE_WAY_PASSES: u32 = 4;
+
+async fn network_delay(ctx: &Ctx) -> anyhow::Result<Verdict> {
+    let proxy = DelayProxy::start(shared_broker_addr()?).await?;
+    let via = BrokerUri::parse(&format!("amqp://guest:guest@{}/%2f", proxy.addr()))
+        .map_err(anyhow::Error::msg)?;
+    let stack = start_stack(
+        ctx,
+        "network-delay",
+        StackOptions {
+            service_amqp_uris: vec![via],
+            ..StackOptions::default()
+        },
+    )
+    .await?;
+    let outcome = async {
+        let mut run = Run::start(ctx, "network-delay", &stack).await?;
+        let below = ctx.delay;
+        let (inject, below_end, _) = times(ctx, ctx.fault);
+        run.figure("delay", delay_json(&below));
+        run.until(inject).await;
+        let (connections_before, accepted_before) = (proxy.live(), proxy.accepted());
+        let s0 = proxy.stats();
+        proxy.reset_max();
+        proxy.set_delay(below);
+        run.injected(&format!(
+            "every chunk between the services and the broker delayed {}–{} ms each way",
+            ms_of(below.min),
+            ms_of(below.max)
+        ));
+        run.until(below_end).await;
+        proxy.set_delay(DelaySpec::NONE);
+        let mut above_window = None;
+        if ctx.deadline_delay.is_some() {
+            run.event("delay_removed", "delay removed (first phase over)");
+        } else {
+            run.healed("delay removed");
+        }
+        // What the first phase applied, per direction, once the chunks it
+        // delayed have all been written.
+        tokio::time::sleep(below.max + Duration::from_millis(50)).await;
+        let below_applied = proxy.stats();
+        let up = below_applied.up.since(&s0.up);
+        let down = below_applied.down.since(&s0.down);
+        let heal_at = if let Some(above) = ctx.deadline_delay {
+            // Long enough for every submitter's attempt to meet the
+            // deadline at least once.
+            let from = below_end + Duration::from_secs(5);
+            let to = from + ctx.fault.max(Duration::from_secs(15));
+            run.until(from).await;
+            let s1 = proxy.stats();
+            proxy.reset_max();
+            proxy.set_delay(above);
+            run.event(
+                "deadline_delay",
+                &format!(
+                    "delay raised to {}–{} ms each way (past the call deadline)",
+                    ms_of(above.min),
+                    ms_of(above.max)
+                ),
+            );
+            run.figure("deadline_delay", delay_json(&above));
+            run.until(to).await;
+            proxy.set_delay(DelaySpec::NONE);
+            run.healed("delay removed");
+            tokio::time::sleep(above.max + Duration::from_millis(50)).await;
+            let s2 = proxy.stats();
+            run.figure(
+                "deadline_delay_applied",
+                json!({ "up": s2.up.since(&s1.up).json(), "down": s2.down.since(&s1.down).json() }),
+            );
+            above_window = Some((from, to));
+            to
+        } else {
+            below_end
+        };
+        let end = heal_at + ctx.after;
+        let history = run.history().clone();
+        let mut v = run
+            .finish(ctx, end, &stack.ingest_db_url, &stack.evidence)
+            .await?;
+        // The services' broker connections through the proxy: a delay is
+        // no reason to reconnect.
+        let reconnects = proxy.accepted() - accepted_before;
+        v.extra.insert(
+            "broker_connections".into(),
+            json!({ "at_injection": connections_before, "at_end": proxy.live(),
+                    "opened_since_injection": reconnects }),
+        );
+        if reconnects > 0 {
+            v.notes.push(format!(
+                "{reconnects} broker connections opened through the proxy after the injection (reconnects)"
+            ));
+        }
+
+        // Latency before, under and after the delay below the deadlines.
+        let acks = history.acks();
+        let before = latency_within(&acks, inject / 2, inject);
+        let during = latency_within(&acks, inject, below_end);
+        let settle = Duration::from_secs(2);
+        let after = latency_within(&acks, heal_at + settle, end);
+        let (p50_before, p50_during) = (before.p50, during.p50);
+        let mean_applied_ms = {
+            let chunks = up.chunks + down.chunks;
+            (chunks > 0)
+                .then(|| (up.applied_us_sum + down.applied_us_sum) as f64 / chunks as f64 / 1000.0)
+        };
+        let rise = match (p50_before, p50_during) {
+            (Some(b), Some(d)) => Some(d.saturating_sub(b)),
+            _ => None,
+        };
+        v.extra.insert(
+            "latency_by_phase".into(),
+            json!({ "before": before.json(), "delayed": during.json(), "after": after.json() }),
+        );
+        v.extra.insert("latency_p50_rise_ms".into(), json!(rise));
+        v.extra.insert(
+            "delay_applied".into(),
+            json!({ "up": up.json(), "down": down.json(),
+                    "mean_ms": mean_applied_ms.map(|m| (m * 10.0).round() / 10.0) }),
+        );
+        if let (Some(r), Some(m)) = (rise, mean_applied_ms)
+            && m > 0.0
+        {
+            v.extra.insert(
+                "rise_in_one_way_delays".into(),
+                json!((r as f64 / m * 10.0).round() / 10.0),
+            );
+        }
+
+        // The delay was really applied: both directions carried delayed
+        // chunks, and a submission under it cannot be faster than its
+        // messages' passes through the proxy at the least delay.
+        if up.chunks == 0 || down.chunks == 0 {
+            v.fail(format!(
+                "the proxy delayed {} chunks towards the broker and {} back: the delay was not applied both ways",
+                up.chunks, down.chunks
+            ));
+        }
+        let floor = ms_of(below.min * ONE_WAY_PASSES);
+        match p50_during {
+            None => v.fail("no submission started and was acknowledged under the delay"),
+            Some(p) if p < floor => v.fail(format!(
+                "p50 latency under the delay {p} ms is below {ONE_WAY_PASSES} × the least one-way delay ({floor} ms): the delay was not applied"
+            )),
+            Some(_) => {}
+        }
+        // No error except where the delay exceeded the deadline: a failed
+        // attempt must overlap the second phase.
+        let mut outside = BTreeMap::new();
+        let mut during_above = BTreeMap::new();
+        for s in history.snapshot() {
+            for a in &s.attempts {
+                if let Outcome::Failed { label, .. } = &a.outcome {
+                    let overlaps = above_window.is_some_and(|(from, to)| a.started < to && a.ended > from);
+                    let bucket = if overlaps { &mut during_above } else { &mut outside };
+                    *bucket.entry(label.clone()).or_insert(0u64) += 1;
+                }
+            }
+        }
+        if !outside.is_empty() {
+            v.fail(format!(
+                "failed attempts while the delay stayed below the deadlines: {outside:?}"
+            ));
+        }
+        if let Some((from, to)) = above_window {
+            let above = latency_within(&acks, from, to);
+            v.extra.insert(
+                "deadline_phase".into(),
+                json!({ "from_ms": ms_of(from), "to_ms": ms_of(to),
+                        "errors": during_above, "latency": above.json() }),
+            );
+            if !during_above.keys().any(|k| k.starts_with("504")) {
+                v.notes.push(
+                    "no 504 while the delay exceeded the deadline (it was not exceeded after all)"
+                        .into(),
+                );
+            }
         }
         Ok(v)
     }

@@ -2,16 +2,17 @@
 //! (PostgreSQL 5432, RabbitMQ 5672, OpenBao 8200 and s3s-fs 9000 stay up):
 //! a PostgreSQL cluster of its own (initdb in a temporary folder, trust
 //! authentication), an s3s-fs on its own port and folder, an OpenBao dev
-//! server that can be sealed, and a TCP proxy that can stall the
-//! connections through it (a network black hole); and what `/proc` says of
-//! a process (resident memory, open files, threads).
+//! server that can be sealed, a TCP proxy that can stall the connections
+//! through it (a network black hole) and one that delays them (latency with
+//! jitter, order kept); and what `/proc` says of a process (resident
+//! memory, open files, threads).
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tests::{ChildProcess, free_port};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -515,12 +516,12 @@ impl StallProxy {
 
     /// Stops every byte.
     pub fn stall(&self) {
-        let _ = self.mode.send(Mode::Stall);
+        self.mode.send_replace(Mode::Stall);
     }
 
     /// Lets bytes flow again.
     pub fn restore(&self) {
-        let _ = self.mode.send(Mode::Open);
+        self.mode.send_replace(Mode::Open);
     }
 
     /// Connections open through it now (forwarding or held).
@@ -607,6 +608,309 @@ async fn pump(
             return;
         }
     }
+}
+
+// --- A proxy that delays -------------------------------------------------------------
+
+/// A one-way delay drawn uniformly from `[min, max]` for every chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DelaySpec {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl DelaySpec {
+    /// No delay.
+    pub const NONE: Self = Self {
+        min: Duration::ZERO,
+        max: Duration::ZERO,
+    };
+
+    /// `mean ± jitter` (the lower end not below zero).
+    pub fn around(mean: Duration, jitter: Duration) -> Self {
+        Self {
+            min: mean.saturating_sub(jitter),
+            max: mean + jitter,
+        }
+    }
+
+    /// The mean one-way delay.
+    pub fn mean(&self) -> Duration {
+        (self.min + self.max) / 2
+    }
+
+    fn sample(&self) -> Duration {
+        if self.max <= self.min {
+            return self.min;
+        }
+        // A small, fast pseudo-random draw (not for anything secret).
+        static STATE: AtomicU64 = AtomicU64::new(0x2545_F491_4F6C_DD1D);
+        let mut x = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        self.min + (self.max - self.min).mul_f64((x % 1_000_001) as f64 / 1_000_000.0)
+    }
+}
+
+/// Counters of one direction of a [`DelayProxy`]: chunks that were given a
+/// delay, and the delay they really had (from being read to being written,
+/// which includes waiting behind earlier chunks: order is kept).
+#[derive(Debug, Default)]
+struct DirCounters {
+    chunks: AtomicU64,
+    bytes: AtomicU64,
+    applied_us_sum: AtomicU64,
+    applied_us_max: AtomicU64,
+}
+
+/// A snapshot of one direction's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirStats {
+    /// Chunks given a delay.
+    pub chunks: u64,
+    pub bytes: u64,
+    /// Sum and maximum of the delays really applied, microseconds.
+    pub applied_us_sum: u64,
+    pub applied_us_max: u64,
+}
+
+impl DirCounters {
+    fn snapshot(&self) -> DirStats {
+        DirStats {
+            chunks: self.chunks.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            applied_us_sum: self.applied_us_sum.load(Ordering::Relaxed),
+            applied_us_max: self.applied_us_max.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Both directions: `up` towards the target (client → server), `down` back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DelayStats {
+    pub up: DirStats,
+    pub down: DirStats,
+}
+
+impl DirStats {
+    /// What was counted between `earlier` and `self` (the maximum is the
+    /// one since the start: it is reset by [`DelayProxy::reset_max`]).
+    pub fn since(&self, earlier: &DirStats) -> DirStats {
+        DirStats {
+            chunks: self.chunks - earlier.chunks,
+            bytes: self.bytes - earlier.bytes,
+            applied_us_sum: self.applied_us_sum - earlier.applied_us_sum,
+            applied_us_max: self.applied_us_max,
+        }
+    }
+
+    /// `{chunks, bytes, mean_ms, max_ms}`.
+    pub fn json(&self) -> serde_json::Value {
+        let mean_ms = (self.chunks > 0)
+            .then(|| (self.applied_us_sum as f64 / self.chunks as f64 / 100.0).round() / 10.0);
+        serde_json::json!({
+            "chunks": self.chunks,
+            "bytes": self.bytes,
+            "mean_ms": mean_ms,
+            "max_ms": (self.applied_us_max as f64 / 100.0).round() / 10.0,
+        })
+    }
+}
+
+/// A loopback TCP proxy that adds latency: every chunk read from either
+/// side is written to the other a drawn delay later ([`DelaySpec`], changed
+/// at any time with [`DelayProxy::set_delay`]), in the order it was read
+/// (a chunk whose delay would pass an earlier one waits for it, as on a
+/// single link). Throughput is not limited; a half-close is passed on after
+/// the bytes before it.
+pub struct DelayProxy {
+    addr: SocketAddr,
+    delay: watch::Sender<DelaySpec>,
+    stop: CancellationToken,
+    live: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
+    up: Arc<DirCounters>,
+    down: Arc<DirCounters>,
+}
+
+impl DelayProxy {
+    /// Forwards a fresh loopback port to `target`, without delay at first.
+    pub async fn start(target: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (delay, _) = watch::channel(DelaySpec::NONE);
+        let stop = CancellationToken::new();
+        let live = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let up = Arc::new(DirCounters::default());
+        let down = Arc::new(DirCounters::default());
+        let (tx, st, lv, ac, u, d) = (
+            delay.clone(),
+            stop.clone(),
+            live.clone(),
+            accepted.clone(),
+            up.clone(),
+            down.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let inbound = tokio::select! {
+                    () = st.cancelled() => return,
+                    a = listener.accept() => match a {
+                        Ok((s, _)) => s,
+                        Err(_) => continue,
+                    },
+                };
+                ac.fetch_add(1, Ordering::Relaxed);
+                let (rx, st, lv, u, d) =
+                    (tx.subscribe(), st.clone(), lv.clone(), u.clone(), d.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = st.cancelled() => {}
+                        () = forward_delayed(inbound, target, rx, lv, u, d) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            delay,
+            stop,
+            live,
+            accepted,
+            up,
+            down,
+        })
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The delay of chunks read from now on (`DelaySpec::NONE` removes it;
+    /// chunks already waiting keep theirs).
+    pub fn set_delay(&self, delay: DelaySpec) {
+        self.delay.send_replace(delay);
+    }
+
+    /// Connections open through it now.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted since it started.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> DelayStats {
+        DelayStats {
+            up: self.up.snapshot(),
+            down: self.down.snapshot(),
+        }
+    }
+
+    /// Starts the maxima of [`DelayProxy::stats`] over.
+    pub fn reset_max(&self) {
+        self.up.applied_us_max.store(0, Ordering::Relaxed);
+        self.down.applied_us_max.store(0, Ordering::Relaxed);
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn forward_delayed(
+    inbound: TcpStream,
+    target: SocketAddr,
+    delay: watch::Receiver<DelaySpec>,
+    live: Arc<AtomicUsize>,
+    up: Arc<DirCounters>,
+    down: Arc<DirCounters>,
+) {
+    struct Live(Arc<AtomicUsize>);
+    impl Drop for Live {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    live.fetch_add(1, Ordering::Relaxed);
+    let _live = Live(live);
+    let Ok(outbound) = TcpStream::connect(target).await else {
+        return;
+    };
+    let _ = inbound.set_nodelay(true);
+    let _ = outbound.set_nodelay(true);
+    let (ir, iw) = inbound.into_split();
+    let (or, ow) = outbound.into_split();
+    // Each direction ends on its own (after passing on a half-close), so
+    // what one side sent before closing still reaches the other.
+    tokio::join!(
+        delayed_pump(ir, ow, delay.clone(), up),
+        delayed_pump(or, iw, delay, down),
+    );
+}
+
+/// Reads chunks from `from`, stamps each with when it is due (now plus a
+/// drawn delay), and writes them to `to` in order, each not before it is
+/// due.
+async fn delayed_pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: watch::Receiver<DelaySpec>,
+    counters: Arc<DirCounters>,
+) {
+    // Bounded: a slow reader on the far side pushes back on this one.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Instant, Instant, Vec<u8>)>(256);
+    let reader = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = tokio::select! {
+                r = from.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                },
+                // The writer is gone (the far side closed): stop reading.
+                () = tx.closed() => return,
+            };
+            let now = Instant::now();
+            let d = delay.borrow().sample();
+            if tx.send((now, now + d, buf[..n].to_vec())).await.is_err() {
+                return;
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((read_at, due, chunk)) = rx.recv().await {
+            let delayed = due > read_at;
+            tokio::time::sleep_until(due).await;
+            if delayed {
+                let applied = read_at.elapsed().as_micros() as u64;
+                counters.chunks.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .bytes
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                counters
+                    .applied_us_sum
+                    .fetch_add(applied, Ordering::Relaxed);
+                counters
+                    .applied_us_max
+                    .fetch_max(applied, Ordering::Relaxed);
+            }
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        // The reader saw the end: pass the half-close on.
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(reader, writer);
 }
 
 // --- /proc -----------------------------------------------------------------------------
@@ -699,4 +1003,98 @@ pub fn sockets_to(pid: u32, port: u16) -> u64 {
         }
     }
     n
+}
+
+#[cfg(test)]
+mod proxy_tests {
+    use super::*;
+
+    #[test]
+    fn a_drawn_delay_stays_within_its_bounds() {
+        let d = DelaySpec::around(Duration::from_millis(200), Duration::from_millis(100));
+        assert_eq!(
+            (d.min, d.max),
+            (Duration::from_millis(100), Duration::from_millis(300))
+        );
+        assert_eq!(d.mean(), Duration::from_millis(200));
+        for _ in 0..10_000 {
+            let s = d.sample();
+            assert!(s >= d.min && s <= d.max, "{s:?} outside {d:?}");
+        }
+        assert_eq!(DelaySpec::NONE.sample(), Duration::ZERO);
+        let low = DelaySpec::around(Duration::from_millis(5), Duration::from_millis(10));
+        assert_eq!(low.min, Duration::ZERO);
+    }
+
+    /// An echo server on loopback behind the proxy: every byte comes back
+    /// in order, each direction carried delayed chunks no faster than the
+    /// least delay, and a half-close reaches the server after the bytes
+    /// before it (the echo ends, then the client sees the end).
+    #[tokio::test]
+    async fn the_delay_proxy_keeps_order_and_passes_half_closes_on() {
+        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+        let proxy = DelayProxy::start(echo_addr).await.unwrap();
+        let delay = DelaySpec {
+            min: Duration::from_millis(20),
+            max: Duration::from_millis(40),
+        };
+        proxy.set_delay(delay);
+        let client = TcpStream::connect(proxy.addr()).await.unwrap();
+        let (mut r, mut w) = client.into_split();
+        let sent: Vec<u8> = (0..200u32).flat_map(|i| i.to_be_bytes()).collect();
+        let started = Instant::now();
+        let writer = {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                for chunk in sent.chunks(4) {
+                    w.write_all(chunk).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+                w.shutdown().await.unwrap();
+            })
+        };
+        let mut back = Vec::new();
+        let mut first = None;
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = r.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            first.get_or_insert_with(|| started.elapsed());
+            back.extend_from_slice(&buf[..n]);
+        }
+        writer.await.unwrap();
+        assert_eq!(back, sent, "bytes reordered or lost");
+        assert!(
+            first.unwrap() >= delay.min * 2,
+            "the first byte came back after {first:?}, less than two least delays"
+        );
+        let stats = proxy.stats();
+        assert!(stats.up.chunks > 0 && stats.down.chunks > 0, "{stats:?}");
+        assert_eq!((stats.up.bytes, stats.down.bytes), (800, 800));
+        assert!(stats.up.applied_us_max >= 20_000, "{stats:?}");
+        assert!(
+            stats.up.applied_us_sum >= stats.up.chunks * 20_000,
+            "a chunk went through faster than the least delay: {stats:?}"
+        );
+        // Without delay, nothing more is counted as delayed.
+        proxy.set_delay(DelaySpec::NONE);
+        let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+        c.write_all(b"ping").await.unwrap();
+        let mut four = [0u8; 4];
+        c.read_exact(&mut four).await.unwrap();
+        assert_eq!(&four, b"ping");
+        assert_eq!(proxy.stats().up.chunks, stats.up.chunks);
+    }
 }
