@@ -21,7 +21,13 @@ const EXTERNAL: [&str; 1] = ["up"];
 /// Gauges a service exports only in some set-ups (a Vault token with an
 /// expiry, secrets leased from Vault's database engine), with the source
 /// file that encodes them and the name written there (checked).
-const CONDITIONAL: [(&str, &str, &str); 2] = [
+const CONDITIONAL: [(&str, &str, &str); 3] = [
+    // Once a lifecycle job has succeeded (none has in a fresh stack).
+    (
+        "tallyhouse_lifecycle_job_last_success_timestamp_seconds",
+        "services/ingest/src/jobs/metrics.rs",
+        "\"job_last_success_timestamp\"",
+    ),
     (
         "tallyhouse_vault_token_seconds_remaining",
         "services/platform/src/vault.rs",

@@ -31,7 +31,9 @@ enum Cli {
     Migrate(args::MigrateArgs),
     /// Run one data lifecycle job (partitions-ahead, columnar, seal,
     /// verify-seals, rollup; docs/lifecycle.md) under its advisory lock:
-    /// exits 0 when it succeeded or another run holds the lock.
+    /// exits 0 when it succeeded or another run holds the lock. Archive,
+    /// restore, cleanup and rotate-keys need the service's buckets, RPC and
+    /// Vault: they run in `ingest serve` (`tallyhouse job run <job>`).
     Job(jobs::args::JobArgs),
 }
 

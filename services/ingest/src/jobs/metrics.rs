@@ -80,6 +80,9 @@ pub struct JobMetrics {
     missing: Gauge,
     compression: Family<PartitionLabels, FloatGauge>,
     rollup_lag: FloatGauge,
+    archived: Gauge,
+    archive_bytes: Gauge,
+    restored: Gauge,
     refresh_failures: Counter,
 }
 
@@ -102,6 +105,12 @@ pub struct Snapshot {
     pub missing: i64,
     pub compression: Vec<(String, f64)>,
     pub rollup_lag_secs: f64,
+    /// Partitions with a verified archive (dropped or not).
+    pub archived: i64,
+    /// Bytes of their data objects in the archive bucket.
+    pub archive_bytes: i64,
+    /// Archived partitions restored and present.
+    pub restored: i64,
 }
 
 impl JobMetrics {
@@ -119,6 +128,9 @@ impl JobMetrics {
             missing: Gauge::default(),
             compression: Family::default(),
             rollup_lag: FloatGauge::default(),
+            archived: Gauge::default(),
+            archive_bytes: Gauge::default(),
+            restored: Gauge::default(),
             refresh_failures: Counter::default(),
         };
         for job in JobName::ALL {
@@ -183,6 +195,22 @@ impl JobMetrics {
             m.rollup_lag.clone(),
         );
         sub.register(
+            "archived_partitions",
+            "Partitions of records with a verified archive in the archive bucket",
+            m.archived.clone(),
+        );
+        sub.register_with_unit(
+            "archive",
+            "Size of the archived partitions' data objects",
+            Unit::Bytes,
+            m.archive_bytes.clone(),
+        );
+        sub.register(
+            "restored_partitions",
+            "Archived partitions restored and present (dropped again after the keep time)",
+            m.restored.clone(),
+        );
+        sub.register(
             "metrics_refresh_failures",
             "Refreshes of these gauges that could not read the lifecycle tables",
             m.refresh_failures.clone(),
@@ -239,6 +267,9 @@ impl JobMetrics {
                 .set(*ratio);
         }
         self.rollup_lag.set(snapshot.rollup_lag_secs);
+        self.archived.set(snapshot.archived);
+        self.archive_bytes.set(snapshot.archive_bytes);
+        self.restored.set(snapshot.restored);
     }
 
     /// Reads the tables every [`REFRESH_INTERVAL`] until `stop`.
@@ -331,6 +362,12 @@ pub async fn read(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
     )
     .fetch_one(pool)
     .await?;
+    let (archived, archive_bytes, restored): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(object_bytes), 0)::bigint, count(*) FILTER (WHERE state = 'restored')
+         FROM partition_archives",
+    )
+    .fetch_one(pool)
+    .await?;
     Ok(Snapshot {
         jobs,
         sealed,
@@ -338,6 +375,9 @@ pub async fn read(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
         missing,
         compression,
         rollup_lag_secs: rollup_lag_secs.max(0.0),
+        archived,
+        archive_bytes,
+        restored,
     })
 }
 
@@ -388,6 +428,9 @@ mod tests {
             missing: 0,
             compression: vec![("records_p20260301".into(), 6.5)],
             rollup_lag_secs: 120.0,
+            archived: 12,
+            archive_bytes: 5_000_000,
+            restored: 1,
         });
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -402,6 +445,9 @@ mod tests {
             "tallyhouse_lifecycle_seal_missing_partitions 0",
             "tallyhouse_lifecycle_columnar_compression_ratio{partition=\"records_p20260301\"} 6.5",
             "tallyhouse_lifecycle_rollup_lag_seconds 120.0",
+            "tallyhouse_lifecycle_archived_partitions 12",
+            "tallyhouse_lifecycle_archive_bytes 5000000",
+            "tallyhouse_lifecycle_restored_partitions 1",
             "tallyhouse_lifecycle_metrics_refresh_failures_total 0",
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
