@@ -159,22 +159,75 @@ async fn object(store: &EvidenceStore, key: &str) -> Vec<u8> {
         .unwrap_or_else(|| panic!("{key} is not in {}", store.bucket()))
 }
 
+/// The Citus server of the test command, or `None` (after saying so).
+#[allow(clippy::disallowed_methods)] // the harness is configured by the test command's environment
+fn citus_server(test: &str) -> Option<String> {
+    match std::env::var("TALLYHOUSE_TEST_CITUS_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("{test}: skipped: no Citus (TALLYHOUSE_TEST_CITUS_DATABASE_URL is unset)");
+            None
+        }
+    }
+}
+
+/// A platform with `options`, its ingest database on `server` (`None`: the
+/// test command's); on a Citus server it must be in Citus mode.
+async fn stack_on(server: Option<String>, options: StackOptions) -> Stack {
+    let citus = server.is_some();
+    let stack = Stack::start(StackOptions {
+        ingest_database_server: server,
+        ..options
+    })
+    .await;
+    if citus {
+        assert!(
+            stack.citus(),
+            "the server of TALLYHOUSE_TEST_CITUS_DATABASE_URL does not preload citus (shared_preload_libraries)"
+        );
+    }
+    stack
+}
+
 #[tokio::test]
 async fn partitions_past_retention_are_archived_verified_dropped_and_restored_identically() {
+    archive_drop_restore(None).await;
+}
+
+/// The same on Citus: the partitions are distributed tables (shards in the
+/// co-location group of `records`); export, detach and drop, and the
+/// restore's partition creation and COPY in one transaction work on them.
+#[tokio::test]
+async fn on_citus_partitions_past_retention_are_archived_dropped_and_restored_identically() {
+    let Some(server) = citus_server(
+        "on_citus_partitions_past_retention_are_archived_dropped_and_restored_identically",
+    ) else {
+        return;
+    };
+    archive_drop_restore(Some(server)).await;
+}
+
+async fn archive_drop_restore(server: Option<String>) {
+    let citus = server.is_some();
     let ns = format!("arch{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let archive_bucket = format!("{ns}-archive");
-    let stack = Stack::start(StackOptions {
-        ingest_env: vec![
-            ("TALLYHOUSE_RECORD_MAX_AGE_DAYS", "3".into()),
-            ("TALLYHOUSE_RETENTION_DAYS", "5".into()),
-            ("TALLYHOUSE_ARCHIVE_BUCKET", archive_bucket.clone()),
-            // The smallest parts S3 takes, so that one partition takes two.
-            ("TALLYHOUSE_ARCHIVE_PART_KIB", "5120".into()),
-            ("TALLYHOUSE_ARCHIVE_MAX_PARTITIONS", "2".into()),
-            ("TALLYHOUSE_RESTORE_KEEP_DAYS", "0".into()),
-        ],
-        ..StackOptions::default()
-    })
+    let stack = stack_on(
+        server,
+        StackOptions {
+            ingest_env: vec![
+                ("TALLYHOUSE_RECORD_MAX_AGE_DAYS", "3".into()),
+                ("TALLYHOUSE_RETENTION_DAYS", "5".into()),
+                ("TALLYHOUSE_ARCHIVE_BUCKET", archive_bucket.clone()),
+                // The smallest parts S3 takes, so that one partition takes two.
+                ("TALLYHOUSE_ARCHIVE_PART_KIB", "5120".into()),
+                ("TALLYHOUSE_ARCHIVE_MAX_PARTITIONS", "2".into()),
+                ("TALLYHOUSE_RESTORE_KEEP_DAYS", "0".into()),
+                // On Citus, the old days are converted first (below).
+                ("TALLYHOUSE_COLUMNAR_AFTER_DAYS", "7".into()),
+            ],
+            ..StackOptions::default()
+        },
+    )
     .await;
     let archive = store(&archive_bucket);
     let today = platform::clock::now().date();
@@ -189,6 +242,22 @@ async fn partitions_past_retention_are_archived_verified_dropped_and_restored_id
     let before: Vec<Vec<Value>> = rows_of_days(&stack, &old).await;
     let recent_before = rows_of_day(&stack, recent).await;
     assert_eq!(before[0].len(), 150_005);
+    if citus {
+        // Archived as the lifecycle leaves them by then: columnar.
+        execute(
+            &stack.ingest_db_url,
+            "CREATE EXTENSION IF NOT EXISTS citus_columnar",
+        )
+        .await;
+        let columnar = run(&stack, JobName::Columnar, None).await;
+        assert_eq!(
+            (columnar.outcome, columnar.items),
+            (Some(JobOutcome::Ok), 3),
+            "{columnar:?}"
+        );
+        eprintln!("columnar conversions: {}", columnar.summary["converted"]);
+        assert_eq!(rows_of_days(&stack, &old).await, before);
+    }
 
     // A restore needs a partition, and only a restore takes one.
     let refused = stack
@@ -299,6 +368,22 @@ async fn partitions_past_retention_are_archived_verified_dropped_and_restored_id
     let restored = run(&stack, JobName::Restore, Some(&partition(old[0]))).await;
     assert_eq!(restored.outcome, Some(JobOutcome::Ok), "{restored:?}");
     assert_eq!(rows_of_day(&stack, old[0]).await, before[0]);
+    if citus {
+        // Distributed again, in the group of `records`, with its triggers.
+        let name = partition(old[0]);
+        let placed = &stack
+            .query(&format!(
+                "SELECT (SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = '{name}'::regclass) \
+                     = (SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = 'records'::regclass) AS same, \
+                        (SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = '{name}'::regclass) AS shards, \
+                        (SELECT count(*) FROM pg_trigger WHERE tgrelid = '{name}'::regclass \
+                          AND tgname IN ('records_immutable', '{name}_no_truncate')) AS triggers"
+            ))
+            .await[0];
+        assert_eq!(placed["same"], true, "{placed}");
+        assert!(placed["shards"].as_i64().unwrap() > 0, "{placed}");
+        assert_eq!(placed["triggers"], 2, "{placed}");
+    }
     assert_eq!(
         stack
             .query(&format!(
@@ -426,17 +511,36 @@ async fn put_blob(stack: &Stack, bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn cleanup_removes_orphans_expired_blobs_and_stale_auth_state_and_nothing_else() {
-    let stack = Stack::start(StackOptions {
-        ingest_env: vec![
-            ("TALLYHOUSE_RECORD_MAX_AGE_DAYS", "3".into()),
-            ("TALLYHOUSE_RETENTION_DAYS", "5".into()),
-            ("TALLYHOUSE_BLOB_RETENTION_DAYS", "6".into()),
-            // Every unreferenced blob counts as an orphan at once (tests only).
-            ("TALLYHOUSE_ORPHAN_GRACE_HOURS", "0".into()),
-            ("TALLYHOUSE_JOB_HISTORY_DAYS", "30".into()),
-        ],
-        ..StackOptions::default()
-    })
+    cleanup_removes_what_is_past_its_time(None).await;
+}
+
+/// The same on Citus: `packages` is distributed (a blob's packages may sit
+/// on several shards) and `blob_expiries` is a reference table.
+#[tokio::test]
+async fn on_citus_cleanup_removes_orphans_and_expired_blobs_and_nothing_else() {
+    let Some(server) =
+        citus_server("on_citus_cleanup_removes_orphans_and_expired_blobs_and_nothing_else")
+    else {
+        return;
+    };
+    cleanup_removes_what_is_past_its_time(Some(server)).await;
+}
+
+async fn cleanup_removes_what_is_past_its_time(server: Option<String>) {
+    let stack = stack_on(
+        server,
+        StackOptions {
+            ingest_env: vec![
+                ("TALLYHOUSE_RECORD_MAX_AGE_DAYS", "3".into()),
+                ("TALLYHOUSE_RETENTION_DAYS", "5".into()),
+                ("TALLYHOUSE_BLOB_RETENTION_DAYS", "6".into()),
+                // Every unreferenced blob counts as an orphan at once (tests only).
+                ("TALLYHOUSE_ORPHAN_GRACE_HOURS", "0".into()),
+                ("TALLYHOUSE_JOB_HISTORY_DAYS", "30".into()),
+            ],
+            ..StackOptions::default()
+        },
+    )
     .await;
     // Packages inside retention, through the gateway.
     let (live_a, sha_a) = submit(&stack, "acme").await;
@@ -449,10 +553,13 @@ async fn cleanup_removes_orphans_expired_blobs_and_stale_auth_state_and_nothing_
     let old_key = put_blob(&stack, b"old evidence").await;
     let shared_key = put_blob(&stack, b"shared evidence").await;
     let insert = |id: &str, sha_of: &str, days_ago: i64, key: &str| {
+        // The recent package sharing a blob is another submitter's (on
+        // Citus, in another shard of `packages`).
+        let submitter = if days_ago < 6 { "bravo" } else { "acme" };
         format!(
             "INSERT INTO packages (submitter_id, package_id, sha256, size_bytes, record_count, key_id, \
                  signature, audience, created_at, received_at, blob_key, receipt) \
-             VALUES ('acme', '{id}', sha256('{sha_of}'::bytea), {len}, 0, 'k', '\\x00', 'local', \
+             VALUES ('{submitter}', '{id}', sha256('{sha_of}'::bytea), {len}, 0, 'k', '\\x00', 'local', \
                      now() - interval '{days_ago} days', now() - interval '{days_ago} days', '{key}', 'r')",
             len = sha_of.len()
         )

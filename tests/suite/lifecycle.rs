@@ -926,11 +926,16 @@ async fn on_citus_old_partitions_become_columnar_with_their_ratio_and_rollups_ar
     execute(&db.url, "CREATE EXTENSION IF NOT EXISTS citus_columnar").await;
     let svc = db.service_url();
     old_records(&svc, date!(2025 - 01 - 01), 1000).await;
-    // The insert marked its hours for the rollups (the trigger runs on Citus).
-    assert!(
-        db.count("SELECT count(*) AS n FROM rollup_dirty WHERE hour < '2025-01-04'")
-            .await
-            > 0
+    // The insert marked its hours for the rollups: the statement trigger
+    // with its transition table runs on the shards of `records` and writes
+    // the co-located shards of `rollup_dirty` (3 submitters × 72 hours).
+    assert_eq!(
+        db.count(
+            "SELECT count(*) AS n FROM (SELECT DISTINCT submitter_id, hour FROM rollup_dirty \
+             WHERE hour < '2025-01-04') d"
+        )
+        .await,
+        216
     );
     let run = ingest_job(
         &svc,
@@ -952,10 +957,40 @@ async fn on_citus_old_partitions_become_columnar_with_their_ratio_and_rollups_ar
         converted.iter().all(|r| r["am"] == "columnar"),
         "{converted:?}"
     );
+    // Sizes measured before and after (after the conversion committed:
+    // Citus refuses its size functions in the converting transaction).
     let storage = db
         .rows("SELECT partition_name AS p, bytes_before AS b, bytes_after AS a FROM partition_storage ORDER BY 1")
         .await;
     assert_eq!(storage.len(), 3, "{storage:?}");
+    assert!(
+        storage
+            .iter()
+            .all(|r| r["b"].as_i64().unwrap() > 0 && r["a"].as_i64().unwrap() > 0),
+        "{storage:?}"
+    );
+    eprintln!("columnar sizes (bytes before, after), 1,000 records a day: {storage:?}");
+    // The BRIN index is gone (columnar takes none), the series index stays.
+    assert_eq!(
+        db.count(
+            "SELECT count(*) AS n FROM pg_indexes WHERE tablename LIKE 'records_p202501%' \
+             AND indexname LIKE '%\\_ts'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        db.count(
+            "SELECT count(*) AS n FROM pg_indexes WHERE tablename LIKE 'records_p202501%' \
+             AND indexname LIKE '%\\_series'"
+        )
+        .await,
+        3
+    );
+    // A second run finds nothing left to convert.
+    let run = ingest_job(&svc, "columnar", "2025-03-01T00:00:00Z", &[]).await;
+    assert!(run.success, "{}", run.output);
+    assert_eq!(last_run(&db, "columnar").await["items"], 0);
     assert_eq!(
         db.count("SELECT count(*) AS n FROM records WHERE ts < '2025-01-04'")
             .await,

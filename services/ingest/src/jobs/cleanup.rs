@@ -87,26 +87,46 @@ pub async fn run(
     // 3. Blobs past their retention.
     let blob_cutoff = now - Duration::days(i64::from(config.blob_retention_days));
     let mut expired = 0usize;
+    // Keyset over the hashes: a batch starts after the last hash the
+    // previous one looked at, so hashes kept (below) are not looked at again.
+    let mut after: Vec<u8> = Vec::new();
     loop {
-        let due: Vec<(Vec<u8>, String)> = sqlx::query_as(
+        let candidates: Vec<(Vec<u8>, String)> = sqlx::query_as(
             "SELECT p.sha256, min(p.blob_key) FROM packages p
-             WHERE p.received_at < $1
+             WHERE p.received_at < $1 AND p.sha256 > $3
                AND NOT EXISTS (SELECT 1 FROM blob_expiries e WHERE e.sha256 = p.sha256)
              GROUP BY p.sha256
-             -- Content addressing: the same bytes may back several packages;
-             -- the blob goes only when every one of them is past retention.
-             HAVING NOT EXISTS (SELECT 1 FROM packages q
-                                WHERE q.sha256 = p.sha256 AND q.received_at >= $1)
+             ORDER BY p.sha256
              LIMIT $2",
         )
         .bind(blob_cutoff)
         .bind(EXPIRY_BATCH)
+        .bind(&after)
         .fetch_all(&mut *conn)
         .await?;
-        if due.is_empty() {
+        let Some((last, _)) = candidates.last() else {
             break;
-        }
-        for (sha, key) in &due {
+        };
+        after = last.clone();
+        // Content addressing: the same bytes may back several packages; the
+        // blob goes only when every one of them is past retention. A
+        // statement of its own: Citus cannot correlate a subquery on
+        // `packages` by a column other than its distribution column.
+        let shas: Vec<&[u8]> = candidates.iter().map(|(s, _)| s.as_slice()).collect();
+        let newer: std::collections::HashSet<Vec<u8>> = sqlx::query_scalar(
+            "SELECT DISTINCT sha256 FROM packages WHERE sha256 = ANY($1) AND received_at >= $2",
+        )
+        .bind(&shas)
+        .bind(blob_cutoff)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+        let due: Vec<&(Vec<u8>, String)> = candidates
+            .iter()
+            .filter(|(sha, _)| !newer.contains(sha))
+            .collect();
+        for &(sha, key) in &due {
             // Recorded first: a crash before the delete leaves an object
             // whose expiry is recorded, which step 4 removes.
             sqlx::query(
@@ -127,10 +147,12 @@ pub async fn run(
                 .map_err(|e| s3_error(&format!("deleting {key}"), e))?;
         }
         expired += due.len();
-        tracing::info!(
-            blobs = due.len(),
-            "deleted package blobs past their retention"
-        );
+        if !due.is_empty() {
+            tracing::info!(
+                blobs = due.len(),
+                "deleted package blobs past their retention"
+            );
+        }
         if expired >= EXPIRY_MAX_PER_RUN {
             break;
         }

@@ -34,6 +34,29 @@ pub async fn availability(conn: &mut PgConnection) -> anyhow::Result<Result<(), 
     })
 }
 
+/// Converts one partition (its own transaction) and answers its size before
+/// and after. Citus refuses its size functions in a transaction that
+/// modified shards, so the size after is measured once the conversion
+/// committed (migration 0003's function answers `bytes_after` NULL; 0002's
+/// measured it inside and failed on Citus).
+async fn convert(conn: &mut PgConnection, partition: &str) -> Result<(i64, i64), String> {
+    let (before, after): (i64, Option<i64>) =
+        sqlx::query_as("SELECT bytes_before, bytes_after FROM tallyhouse_convert_to_columnar($1)")
+            .bind(partition)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())?;
+    let after = match after {
+        Some(after) => after,
+        None => sqlx::query_scalar("SELECT citus_total_relation_size($1::regclass)")
+            .bind(partition)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| format!("converted, but its size after could not be measured: {e}"))?,
+    };
+    Ok((before, after))
+}
+
 /// The `columnar` job.
 pub async fn run(
     conn: &mut PgConnection,
@@ -87,12 +110,7 @@ pub async fn run(
     let mut converted = Vec::new();
     let mut failures = Vec::new();
     for p in &candidates {
-        let result: Result<(i64, i64), sqlx::Error> = sqlx::query_as(
-            "SELECT bytes_before, bytes_after FROM tallyhouse_convert_to_columnar($1)",
-        )
-        .bind(&p.name)
-        .fetch_one(&mut *conn)
-        .await;
+        let result = convert(conn, &p.name).await;
         match result {
             Ok((before, after)) => {
                 sqlx::query(
@@ -119,8 +137,10 @@ pub async fn run(
                 }));
             }
             Err(e) => {
-                tracing::error!(partition = %p.name, error = %e, "converting the partition to columnar failed; it stays heap");
-                failures.push(json!({ "partition": p.name, "error": e.to_string() }));
+                // A failed conversion rolled back (the partition stays
+                // heap); the error says when only the measurement failed.
+                tracing::error!(partition = %p.name, error = %e, "converting the partition to columnar failed");
+                failures.push(json!({ "partition": p.name, "error": e }));
             }
         }
     }

@@ -1,8 +1,9 @@
 //! What `ingest migrate` does for the lifecycle tables of migration 0002
 //! after the migrations: with Citus, distributes the rollup tables by
-//! submitter next to `records`; then grants the service role what running
-//! the jobs needs (never UPDATE or DELETE on the evidence, nor on seals) and
-//! the reader roles SELECT on the rollups. Idempotent.
+//! submitter next to `records` and makes `blob_expiries` a reference table;
+//! then grants the service role what running the jobs needs (never UPDATE
+//! or DELETE on the evidence, nor on seals) and the reader roles SELECT on
+//! the rollups. Idempotent.
 
 use anyhow::Context as _;
 use sqlx::PgConnection;
@@ -13,7 +14,8 @@ const ROLLUP_TABLES: [&str; 3] = ["rollup_hourly", "rollup_daily", "rollup_dirty
 /// With Citus: distributes the rollup tables by `submitter_id`, co-located
 /// with `packages` and `records`, so that the job's recomputation and the
 /// query service's reads of one submitter stay on the node holding its
-/// records. The run records and seals stay on the coordinator.
+/// records; makes `blob_expiries` a reference table. The run records,
+/// seals and archives stay on the coordinator.
 pub async fn distribute(conn: &mut PgConnection) -> anyhow::Result<()> {
     for table in ROLLUP_TABLES {
         let distributed: bool = sqlx::query_scalar(
@@ -33,6 +35,23 @@ pub async fn distribute(conn: &mut PgConnection) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("distributing {table}"))?;
         tracing::info!(table, "distributed by submitter_id");
+    }
+    // Read with `packages` in one statement (the cleanup job's anti-joins,
+    // the query service's "expired" flag): Citus joins a distributed table
+    // with a reference table, not with a table of the coordinator alone
+    // ("direct joins between distributed and local tables are not
+    // supported"). A few rows a day, copied to every node.
+    let reference: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'blob_expiries'::regclass)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if !reference {
+        sqlx::query("SELECT create_reference_table('blob_expiries')")
+            .execute(&mut *conn)
+            .await
+            .context("making blob_expiries a reference table")?;
+        tracing::info!(table = "blob_expiries", "made a reference table");
     }
     Ok(())
 }
