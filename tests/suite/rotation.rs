@@ -268,7 +268,15 @@ async fn rotation_keeps_old_receipts_verifiable_and_old_tokens_valid_until_their
                 ACTIVATION_DELAY_SECS.to_string(),
             ),
         ],
-        auth_env: vec![reload],
+        auth_env: vec![
+            reload,
+            // The steps below run as of two days later (auth's own check
+            // of the caller's time is 5 minutes by default).
+            (
+                "TALLYHOUSE_ROTATION_MAX_CLOCK_SKEW_SECS",
+                (3 * 86_400).to_string(),
+            ),
+        ],
         gateway_env: vec![("TALLYHOUSE_TOKEN_KEYS_REFRESH_SECS", "5".to_owned())],
         ..StackOptions::default()
     })
@@ -413,6 +421,14 @@ async fn rotation_keeps_old_receipts_verifiable_and_old_tokens_valid_until_their
         .await
         .unwrap();
     assert_eq!(again.changes, 0, "idempotent: {}", again.summary);
+    // A time further from auth's clock than it allows is refused: no caller
+    // can retire the token key early.
+    let far = stack
+        .rpc
+        .call::<auth::RotateSigningKey>(&rotate(later + time::Duration::days(30), false))
+        .await
+        .unwrap_err();
+    assert_eq!(far.code, rpc_contracts::ErrorCode::BadRequest, "{far}");
     until_published(&stack, "the old token key retired", |kids| {
         !kids.contains(&jwt1) && kids.contains(&jwt2)
     })

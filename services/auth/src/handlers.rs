@@ -93,6 +93,11 @@ impl Auth {
         &self.tokens
     }
 
+    /// This service's time (its clock, which tests may move).
+    pub fn now(&self) -> time::OffsetDateTime {
+        self.clock.now()
+    }
+
     // --- Logins ------------------------------------------------------------
 
     /// Checks a password and issues a token; see [`auth::Login`].

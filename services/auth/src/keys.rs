@@ -157,6 +157,15 @@ pub async fn rotate(
         )));
     }
     let signer = auth.tokens();
+    let skew = (req.now - auth.now()).abs();
+    if skew > signer.rotation_max_skew {
+        return Err(AuthError::Invalid(format!(
+            "now: {} is {} s from this service's clock (at most {} s)",
+            req.now,
+            skew.whole_seconds(),
+            signer.rotation_max_skew.whole_seconds()
+        )));
+    }
     let Some(vault) = &signer.vault else {
         return Err(AuthError::Internal(
             "the token keys were not read from Vault: nothing to rotate".into(),

@@ -77,6 +77,17 @@ pub struct AuthArgs {
     #[arg(long, env = "TALLYHOUSE_SIGNING_KEY_RELOAD_SECS", default_value_t = 30)]
     pub signing_key_reload_secs: u64,
 
+    /// How far the time a rotation step is asked to run as (the ingest
+    /// job's clock) may be from this service's clock, in seconds; a step
+    /// further off is refused, so that no caller can retire the token key
+    /// early by sending a time in the future.
+    #[arg(
+        long,
+        env = "TALLYHOUSE_ROTATION_MAX_CLOCK_SKEW_SECS",
+        default_value_t = 300
+    )]
+    pub rotation_max_clock_skew_secs: u64,
+
     /// How often expired revocations and forgotten failures are deleted,
     /// in seconds.
     #[arg(
@@ -231,12 +242,14 @@ impl Application {
     pub async fn build(args: AuthArgs, clock: Clock) -> anyhow::Result<Self> {
         let policy = args.throttle.policy()?;
         let mut svc = Service::bootstrap(SERVICE, args.common).await?;
-        let tokens = keys::load(
+        let mut tokens = keys::load(
             &svc.vault,
             &args.tokens.token_issuer,
             &args.tokens.token_audience,
         )
         .await?;
+        tokens.rotation_max_skew =
+            time::Duration::seconds(args.rotation_max_clock_skew_secs.min(i64::MAX as u64) as i64);
         let key_metrics = keys::KeyMetrics::register(&mut svc.registry);
         let pool = platform::db::connect_with_vault(SERVICE, &args.database, &svc.vault)
             .await

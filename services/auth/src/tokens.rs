@@ -83,6 +83,8 @@ pub struct TokenSigner {
     /// Where the keys come from and go to (`keys.rs`); `None` for keys
     /// given directly (tests).
     pub(crate) vault: Option<platform::vault::Vault>,
+    /// How far a rotation step's time may be from this service's clock.
+    pub(crate) rotation_max_skew: time::Duration,
 }
 
 impl TokenSigner {
@@ -118,6 +120,7 @@ impl TokenSigner {
             issuer: issuer.into(),
             audience: audience.into(),
             vault: None,
+            rotation_max_skew: time::Duration::minutes(5),
         }
     }
 
