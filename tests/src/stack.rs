@@ -12,6 +12,7 @@ use platform::testing::{
     prepare_citus, put_secret_at, query_json, rpc_config, service_test_database, test_database_on,
     unique_topology,
 };
+use rpc_contracts::jobs::{self, JobName, JobRun, ListJobRunsRequest, RunJobRequest};
 use rpc_contracts::registry::{self, AddKeyRequest, AddSubmitterRequest};
 use rpc_contracts::{Call, KeyId, RpcError, SubmitterId, Topology, auth, ingest, query};
 use std::net::SocketAddr;
@@ -198,6 +199,40 @@ pub async fn try_execute(url: &str, sql: &str) -> Result<(), String> {
 }
 
 impl Stack {
+    /// Starts a lifecycle job in an ingest instance (as `tallyhouse job
+    /// run` does; `partition` for a restore), which must start, and waits
+    /// up to 3 minutes for its end: the recorded run, whatever its outcome.
+    pub async fn run_job(&self, job: JobName, partition: Option<&str>) -> JobRun {
+        let started = self
+            .rpc
+            .call::<jobs::RunJob>(&RunJobRequest {
+                job,
+                partition: partition.map(str::to_owned),
+            })
+            .await
+            .expect("RunJob");
+        assert!(started.started, "{started:?}");
+        let run_id = started.run_id.expect("a started run has an id");
+        let until = Instant::now() + Duration::from_secs(180);
+        loop {
+            let mut list = self
+                .rpc
+                .call::<jobs::ListJobRuns>(&ListJobRunsRequest {
+                    job: None,
+                    run_id: Some(run_id),
+                    limit: 1,
+                })
+                .await
+                .expect("ListJobRuns");
+            let run = list.runs.pop().expect("the run is recorded");
+            if run.outcome.is_some() {
+                return run;
+            }
+            assert!(Instant::now() < until, "run {run_id} of {job} did not end");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Starts registry, auth, ingest (after `ingest migrate`), query and
     /// gateway, and waits until the gateway reaches registry and ingest and
     /// query and auth answer their pings.

@@ -9,17 +9,14 @@ use base64::Engine as _;
 use evidence::generate::{PackageSpec, generate_package};
 use evidence::parse_package;
 use platform::s3::{EvidenceStore, S3Args, S3Credentials};
-use rpc_contracts::jobs::{self, JobName, JobOutcome, JobRun, ListJobRunsRequest, RunJobRequest};
+use rpc_contracts::jobs::{self, JobName, JobOutcome, JobRun, RunJobRequest};
 use rpc_contracts::query::{ReadRaw, ReadRawRequest};
 use rpc_contracts::{ErrorCode, SubmitterId};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-use std::time::Duration;
 use tests::stack::{Stack, StackOptions, execute, s3_settings};
 use time::format_description::well_known::Rfc3339;
 use time::{Date, OffsetDateTime};
-
-const RUN_BOUND: Duration = Duration::from_secs(180);
 
 fn partition(day: Date) -> String {
     format!(
@@ -50,39 +47,9 @@ fn store(bucket: &str) -> EvidenceStore {
     )
 }
 
-/// Starts `job` over RPC (as `tallyhouse job run` does) and waits for its end.
+/// Runs `job` over RPC and waits for its end.
 async fn run(stack: &Stack, job: JobName, partition: Option<&str>) -> JobRun {
-    let started = stack
-        .rpc
-        .call::<jobs::RunJob>(&RunJobRequest {
-            job,
-            partition: partition.map(str::to_owned),
-        })
-        .await
-        .expect("RunJob");
-    assert!(started.started, "{started:?}");
-    let run_id = started.run_id.unwrap();
-    let until = tokio::time::Instant::now() + RUN_BOUND;
-    loop {
-        let mut list = stack
-            .rpc
-            .call::<jobs::ListJobRuns>(&ListJobRunsRequest {
-                job: None,
-                run_id: Some(run_id),
-                limit: 1,
-            })
-            .await
-            .expect("ListJobRuns");
-        let run = list.runs.pop().expect("the run is recorded");
-        if run.outcome.is_some() {
-            return run;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "run {run_id} did not end"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    stack.run_job(job, partition).await
 }
 
 /// Every row of `[from, from + 1 day)` as text, in the seal's order: what a

@@ -12,7 +12,7 @@ use platform::testing::{
     test_database_on, vault_addr, vault_root_token,
 };
 use rpc_contracts::SubmitterId;
-use rpc_contracts::jobs::{self, JobName, JobOutcome, JobRun, ListJobRunsRequest, RunJobRequest};
+use rpc_contracts::jobs::{self, JobName, JobOutcome, JobRun};
 use rpc_contracts::query::{self, Aggregate, SeriesRequest};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -491,37 +491,7 @@ async fn seals_are_taken_once_out_of_the_write_window_and_a_superusers_change_is
 
 /// Starts `job` over RPC and waits for the run to end.
 async fn run_over_rpc(stack: &Stack, job: JobName) -> JobRun {
-    let started = stack
-        .rpc
-        .call::<jobs::RunJob>(&RunJobRequest {
-            job,
-            partition: None,
-        })
-        .await
-        .expect("RunJob");
-    assert!(started.started, "{started:?}");
-    let run_id = started.run_id.unwrap();
-    let until = tokio::time::Instant::now() + RUN_BOUND;
-    loop {
-        let mut list = stack
-            .rpc
-            .call::<jobs::ListJobRuns>(&ListJobRunsRequest {
-                job: None,
-                run_id: Some(run_id),
-                limit: 1,
-            })
-            .await
-            .expect("ListJobRuns");
-        let run = list.runs.pop().expect("the run is recorded");
-        if run.outcome.is_some() {
-            return run;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "run {run_id} did not end"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    stack.run_job(job, None).await
 }
 
 /// Every point of a series, page after page.

@@ -16,7 +16,7 @@ use evidence::{SigningKey, verify_receipt};
 use platform::vault::{Vault, VaultError};
 use rpc_contracts::KeyId;
 use rpc_contracts::auth::{self, Password, Role, RotateSigningKeyRequest};
-use rpc_contracts::jobs::{self, JobName, JobOutcome, JobRun, ListJobRunsRequest, RunJobRequest};
+use rpc_contracts::jobs::{self, JobName, JobOutcome, JobRun, RunJobRequest};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tests::stack::{Stack, StackOptions};
@@ -105,35 +105,9 @@ async fn age_key(vault: &Vault, kind: &str, days: i64) {
 
 /// Runs `rotate-keys` over RPC and waits for its end.
 async fn run_job(stack: &Stack) -> JobRun {
-    let started = stack
-        .rpc
-        .call::<jobs::RunJob>(&RunJobRequest {
-            job: JobName::RotateKeys,
-            partition: None,
-        })
-        .await
-        .expect("RunJob");
-    assert!(started.started, "{started:?}");
-    let run_id = started.run_id.unwrap();
-    let until = Instant::now() + BOUND;
-    loop {
-        let mut list = stack
-            .rpc
-            .call::<jobs::ListJobRuns>(&ListJobRunsRequest {
-                job: None,
-                run_id: Some(run_id),
-                limit: 1,
-            })
-            .await
-            .expect("ListJobRuns");
-        let run = list.runs.pop().expect("the run is recorded");
-        if run.outcome.is_some() {
-            assert_eq!(run.outcome, Some(JobOutcome::Ok), "{run:?}");
-            return run;
-        }
-        assert!(Instant::now() < until, "run {run_id} did not end");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let run = stack.run_job(JobName::RotateKeys, None).await;
+    assert_eq!(run.outcome, Some(JobOutcome::Ok), "{run:?}");
+    run
 }
 
 /// The `action`s of one key's changes in a run's summary.
