@@ -899,7 +899,9 @@ pub async fn run_restore(
                 let copied = copy.finish().await?;
                 (read, copied)
             }
-            (Err(e), _) | (_, Err(e)) => {
+            // When COPY refused a chunk, the reader only saw the channel
+            // close: the database's error is the one to report.
+            (_, Err(e)) | (Err(e), Ok(())) => {
                 let _ = copy.abort("the archive could not be read").await;
                 return Err(e);
             }
