@@ -602,6 +602,11 @@ async fn cleanup_removes_what_is_past_its_time(server: Option<String>) {
     }
     assert_eq!(cleanup.summary["blobs_expired"], 1, "{cleanup:?}");
     assert_eq!(
+        stack.query("SELECT run_id FROM blob_expiries").await,
+        vec![serde_json::json!({ "run_id": cleanup.run_id })],
+        "the expiry is recorded with the run that made it"
+    );
+    assert_eq!(
         cleanup.summary["orphans_deleted"],
         serde_json::json!([orphan]),
         "{cleanup:?}"

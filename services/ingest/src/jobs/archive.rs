@@ -822,8 +822,6 @@ pub async fn run_archive(
 /// before the transaction commits.
 pub async fn run_restore(
     conn: &mut PgConnection,
-    _config: &JobConfig,
-    _now: OffsetDateTime,
     run_id: i64,
     archive: &EvidenceStore,
     partition: &str,

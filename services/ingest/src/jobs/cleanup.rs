@@ -58,6 +58,7 @@ pub async fn run(
     conn: &mut PgConnection,
     config: &JobConfig,
     now: OffsetDateTime,
+    run_id: i64,
     evidence: &EvidenceStore,
     rpc: &RpcClient,
 ) -> anyhow::Result<Report> {
@@ -131,10 +132,11 @@ pub async fn run(
             // whose expiry is recorded, which step 4 removes.
             sqlx::query(
                 "INSERT INTO blob_expiries (sha256, blob_key, deleted_at, run_id)
-                 VALUES ($1, $2, clock_timestamp(), NULL) ON CONFLICT (sha256) DO NOTHING",
+                 VALUES ($1, $2, clock_timestamp(), $3) ON CONFLICT (sha256) DO NOTHING",
             )
             .bind(sha)
             .bind(key)
+            .bind(run_id)
             .execute(&mut *conn)
             .await?;
             evidence

@@ -352,12 +352,12 @@ async fn run_steps(
                 .partition
                 .as_deref()
                 .ok_or_else(|| anyhow::anyhow!("restore needs the partition to bring back"))?;
-            archive::run_restore(conn, config, now, run_id, archive, partition).await
+            archive::run_restore(conn, run_id, archive, partition).await
         }
         JobName::Cleanup => {
             let evidence = Resources::need(&resources.evidence, "the evidence bucket", job)?;
             let rpc = Resources::need(&resources.rpc, "RPC to the auth service", job)?;
-            cleanup::run(conn, config, now, evidence, rpc).await
+            cleanup::run(conn, config, now, run_id, evidence, rpc).await
         }
         JobName::RotateKeys => {
             let vault = Resources::need(&resources.vault, "Vault", job)?;
