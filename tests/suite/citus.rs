@@ -539,3 +539,13 @@ async fn an_old_partition_converted_to_columnar_keeps_its_rows_refuses_changes_a
     assert_eq!(access_method(partition).await, "columnar");
     stack.finish().await;
 }
+
+#[tokio::test]
+async fn on_citus_concurrent_packages_on_never_seen_days_are_all_stored_once() {
+    let Some(server) = citus_server("on_citus_concurrent_packages_on_never_seen_days") else {
+        return;
+    };
+    let stack = citus_stack(server).await;
+    crate::ingest::burst_on_never_seen_days(&stack).await;
+    stack.finish().await;
+}

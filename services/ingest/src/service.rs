@@ -270,7 +270,8 @@ impl Ingest {
                 ),
             ));
         }
-        let (mut min_ts, mut max_ts) = (received_at, received_at);
+        // The UTC days the records fall on: each needs its partition.
+        let mut days = std::collections::BTreeSet::new();
         for (i, r) in package.records.iter().enumerate() {
             if r.ts < received_at - self.record_max_age
                 || r.ts > received_at + time::Duration::days(1)
@@ -283,8 +284,7 @@ impl Ingest {
                     ),
                 ));
             }
-            min_ts = min_ts.min(r.ts);
-            max_ts = max_ts.max(r.ts);
+            days.insert(r.ts.to_offset(time::UtcOffset::UTC).date());
         }
 
         // Idempotency: (submitter_id, package_id) and the body's SHA-256.
@@ -336,7 +336,7 @@ impl Ingest {
             receipt: receipt.clone(),
         };
         let started = Instant::now();
-        let inserted = match self.store.ensure_partitions(min_ts, max_ts).await {
+        let inserted = match self.store.ensure_partitions(&days).await {
             Ok(()) => self.store.insert(&row, &package.records).await,
             Err(e) => Err(e),
         };

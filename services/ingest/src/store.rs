@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 use platform::db::{DatabaseArgs, DatabaseCredentials, Rotation};
 use rpc_contracts::{ErrorCode, RpcError};
 use secrecy::ExposeSecret as _;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use time::{Date, OffsetDateTime};
 use tokio_postgres::NoTls;
@@ -78,27 +78,74 @@ impl Connect for CurrentLogin {
     }
 }
 
-/// Maps a database failure to the wire: lost connections and pool timeouts
-/// are `unavailable` (retryable); anything else is unexpected.
-pub fn db_error(e: impl Into<DbFailure>) -> RpcError {
-    match e.into() {
-        DbFailure::Pool(e) => {
-            RpcError::new(ErrorCode::Unavailable, format!("database unavailable: {e}"))
-        }
-        DbFailure::Pg(e) if e.as_db_error().is_none() => {
-            RpcError::new(ErrorCode::Unavailable, format!("database unavailable: {e}"))
-        }
-        DbFailure::Pg(e) => {
-            tracing::error!(error = %e, "database error");
-            RpcError::new(ErrorCode::Internal, "database error")
+/// Maps a database failure while doing `what` to the wire, and logs it once
+/// with what the server said ([`platform::db::log_failure`]): lost
+/// connections and pool timeouts are `unavailable` (retryable), and so are
+/// the server's "not serving now" SQLSTATEs (connection exceptions `08…`,
+/// insufficient resources `53…`, shutdown `57P01`–`57P03`, serialization
+/// failures and deadlocks `40001`/`40P01`); anything else is unexpected.
+pub fn db_error<E: Into<DbFailure>>(what: &'static str) -> impl FnOnce(E) -> RpcError {
+    move |failure| {
+        let failure = failure.into();
+        let (unavailable, server) = match &failure {
+            DbFailure::Pool(_) => (true, None),
+            DbFailure::Pg(e) => match e.as_db_error() {
+                None => (true, None),
+                Some(db) => {
+                    let code = db.code().code();
+                    let unavailable = code.starts_with("08")
+                        || code.starts_with("53")
+                        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01");
+                    (unavailable, Some(server_error(db)))
+                }
+            },
+        };
+        platform::db::log_failure(what, unavailable, &failure, server.as_ref());
+        if unavailable {
+            RpcError::new(
+                ErrorCode::Unavailable,
+                format!("the database is unavailable ({what}); retry later"),
+            )
+        } else {
+            RpcError::new(ErrorCode::Internal, format!("database error while {what}"))
         }
     }
 }
 
+/// The server's report, field by field, for the log.
+fn server_error(db: &tokio_postgres::error::DbError) -> platform::db::ServerError {
+    platform::db::ServerError {
+        sqlstate: db.code().code().to_owned(),
+        message: db.message().to_owned(),
+        detail: db.detail().map(str::to_owned),
+        hint: db.hint().map(str::to_owned),
+        schema: db.schema().map(str::to_owned),
+        table: db.table().map(str::to_owned),
+        column: db.column().map(str::to_owned),
+        constraint: db.constraint().map(str::to_owned),
+        context: db.where_().map(str::to_owned),
+    }
+}
+
+/// The SQLSTATE of a server error, if `e` is one.
+fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
+    e.as_db_error().map(|db| db.code().code())
+}
+
 /// A failure from the pool or from PostgreSQL.
+#[derive(Debug)]
 pub enum DbFailure {
     Pool(deadpool_postgres::PoolError),
     Pg(tokio_postgres::Error),
+}
+
+impl std::fmt::Display for DbFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pool(e) => write!(f, "{e}"),
+            Self::Pg(e) => write!(f, "{e}"),
+        }
+    }
 }
 
 impl From<deadpool_postgres::PoolError> for DbFailure {
@@ -111,6 +158,18 @@ impl From<tokio_postgres::Error> for DbFailure {
     fn from(e: tokio_postgres::Error) -> Self {
         Self::Pg(e)
     }
+}
+
+/// Sorted days as runs of consecutive days, `(first, last)`.
+fn runs(days: &[Date]) -> Vec<(Date, Date)> {
+    let mut runs: Vec<(Date, Date)> = Vec::new();
+    for &d in days {
+        match runs.last_mut() {
+            Some((_, last)) if last.next_day() == Some(d) => *last = d,
+            _ => runs.push((d, d)),
+        }
+    }
+    runs
 }
 
 const RECORD_TYPES: [Type; 7] = [
@@ -208,52 +267,73 @@ impl RecordStore {
         submitter_id: &str,
         package_id: uuid::Uuid,
     ) -> Result<Option<Existing>, RpcError> {
-        let client = self.pool.get().await.map_err(db_error)?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(db_error("reading a stored package"))?;
         let row = client
             .query_opt(
                 "SELECT sha256, receipt FROM packages WHERE submitter_id = $1 AND package_id = $2",
                 &[&submitter_id, &package_id],
             )
             .await
-            .map_err(db_error)?;
+            .map_err(db_error("reading a stored package"))?;
         Ok(row.map(|r| Existing {
             sha256: r.get(0),
             receipt: r.get(1),
         }))
     }
 
-    /// Makes sure a partition exists for every day from `min` to `max`
-    /// (bounded by the record age checks before it is called).
-    pub async fn ensure_partitions(
-        &self,
-        min: OffsetDateTime,
-        max: OffsetDateTime,
-    ) -> Result<(), RpcError> {
-        let days = || {
-            std::iter::successors(Some(min.date()), |d| d.next_day())
-                .take_while(|d| *d <= max.date())
-        };
-        let missing = {
+    /// Makes sure a partition exists for each of `days` (UTC days; the
+    /// ones records fall on, bounded by the record age checks before it is
+    /// called): one call of the database function per run of consecutive
+    /// days, only for runs with a day not known to exist. Days between two
+    /// runs get no partition: a back-filled package creates the days it
+    /// reports, not every day since. Safe under any concurrency: the
+    /// function serialises creators per day (migration 0004); should
+    /// another creator still win a race (42P07, or 23505 on the catalog),
+    /// the partition exists, and one more call confirms it.
+    pub async fn ensure_partitions(&self, days: &BTreeSet<Date>) -> Result<(), RpcError> {
+        const WHAT: &str = "creating the records' partitions";
+        let missing: Vec<Date> = {
             let known = self.known_days.lock().expect("days lock");
-            days().any(|d| !known.contains(&d))
+            days.iter()
+                .filter(|d| !known.contains(d))
+                .copied()
+                .collect()
         };
-        if !missing {
+        if missing.is_empty() {
             return Ok(());
         }
-        let client = self.pool.get().await.map_err(db_error)?;
-        client
-            .execute("SELECT tallyhouse_ensure_partitions($1, $2)", &[&min, &max])
-            .await
-            .map_err(db_error)?;
-        self.known_days.lock().expect("days lock").extend(days());
+        let client = self.pool.get().await.map_err(db_error(WHAT))?;
+        for (first, last) in runs(&missing) {
+            let from = first.midnight().assume_utc();
+            let to = last.midnight().assume_utc();
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&from, &to];
+            let ensure = || client.execute("SELECT tallyhouse_ensure_partitions($1, $2)", &params);
+            match ensure().await {
+                Ok(_) => {}
+                Err(e) if matches!(sqlstate(&e), Some("42P07" | "23505")) => {
+                    tracing::info!(
+                        sqlstate = sqlstate(&e),
+                        "a partition was created concurrently; checking again"
+                    );
+                    ensure().await.map_err(db_error(WHAT))?;
+                }
+                Err(e) => return Err(db_error(WHAT)(e)),
+            }
+        }
+        self.known_days.lock().expect("days lock").extend(missing);
         Ok(())
     }
 
     /// Stores the package row and its records in one transaction. Returns
     /// `false` (and stores nothing) when a row for this package id exists.
     pub async fn insert(&self, row: &PackageRow, records: &[Record]) -> Result<bool, RpcError> {
-        let mut client = self.pool.get().await.map_err(db_error)?;
-        let tx = client.transaction().await.map_err(db_error)?;
+        const WHAT: &str = "storing the package and its records";
+        let mut client = self.pool.get().await.map_err(db_error(WHAT))?;
+        let tx = client.transaction().await.map_err(db_error(WHAT))?;
         let inserted = tx
             .execute(
                 "INSERT INTO packages (submitter_id, package_id, sha256, size_bytes, record_count, key_id,
@@ -276,7 +356,7 @@ impl RecordStore {
                 ],
             )
             .await
-            .map_err(db_error)?;
+            .map_err(db_error(WHAT))?;
         if inserted == 0 {
             return Ok(false);
         }
@@ -285,7 +365,7 @@ impl RecordStore {
                 "COPY records (submitter_id, ts, series, value, labels, package_id, ordinal) FROM STDIN BINARY",
             )
             .await
-            .map_err(db_error)?;
+            .map_err(db_error(WHAT))?;
         let writer = BinaryCopyInWriter::new(sink, &RECORD_TYPES);
         futures_util::pin_mut!(writer);
         for (ordinal, r) in records.iter().enumerate() {
@@ -302,10 +382,37 @@ impl RecordStore {
                     &ordinal,
                 ])
                 .await
-                .map_err(db_error)?;
+                .map_err(db_error(WHAT))?;
         }
-        writer.finish().await.map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        writer.finish().await.map_err(db_error(WHAT))?;
+        tx.commit().await.map_err(db_error(WHAT))?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::date;
+
+    #[test]
+    fn days_group_into_runs_of_consecutive_days() {
+        let days = [
+            date!(2026 - 02 - 27),
+            date!(2026 - 02 - 28),
+            date!(2026 - 03 - 01),
+            date!(2026 - 03 - 05),
+            date!(2026 - 12 - 31),
+            date!(2027 - 01 - 01),
+        ];
+        assert_eq!(
+            runs(&days),
+            vec![
+                (date!(2026 - 02 - 27), date!(2026 - 03 - 01)),
+                (date!(2026 - 03 - 05), date!(2026 - 03 - 05)),
+                (date!(2026 - 12 - 31), date!(2027 - 01 - 01)),
+            ]
+        );
+        assert!(runs(&[]).is_empty());
     }
 }

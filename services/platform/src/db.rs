@@ -442,20 +442,135 @@ fn violation(err: &sqlx::Error, kind: sqlx::error::ErrorKind, constraint: Option
 
 /// The wire error for a database failure the handler has no better answer
 /// for: `unavailable` (retryable) when the database is down or busy, and
-/// `internal` otherwise. Logs it once, here, with the detail; the message
-/// on the wire names only `what` was being done. Handlers map the errors
-/// they expect (a unique violation meaning `conflict`, say) before calling
-/// this.
+/// `internal` otherwise. Logs it once, here, with what the server said
+/// ([`ServerError`]); the message on the wire names only `what` was being
+/// done. Handlers map the errors they expect (a unique violation meaning
+/// `conflict`, say) before calling this.
 pub fn rpc_error(what: &str, err: &sqlx::Error) -> RpcError {
+    let server = ServerError::from_sqlx(err);
     if is_unavailable(err) {
-        tracing::warn!(error = %err, sqlstate = sqlstate(err), "database unavailable while {what}");
+        log_failure(what, true, err, server.as_ref());
         RpcError::new(
             ErrorCode::Unavailable,
             format!("the database is unavailable ({what}); retry later"),
         )
     } else {
-        tracing::error!(error = %err, sqlstate = sqlstate(err), "database error while {what}");
+        log_failure(what, false, err, server.as_ref());
         RpcError::new(ErrorCode::Internal, format!("database error while {what}"))
+    }
+}
+
+/// What the PostgreSQL server reported about a failed statement (its
+/// `ErrorResponse` fields): the driver's `Display` of an error shows little
+/// of it (tokio-postgres prints only "db error"), and the cause of a 500 is
+/// in these fields. Built from a `sqlx` error here, or field by field by a
+/// service on another driver; logged by [`log_failure`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerError {
+    /// SQLSTATE, e.g. `42P07`.
+    pub sqlstate: String,
+    /// The primary message.
+    pub message: String,
+    /// DETAIL, if any.
+    pub detail: Option<String>,
+    /// HINT, if any.
+    pub hint: Option<String>,
+    /// The schema of the object concerned, if any.
+    pub schema: Option<String>,
+    /// The table concerned, if any.
+    pub table: Option<String>,
+    /// The column concerned, if any.
+    pub column: Option<String>,
+    /// The constraint concerned, if any.
+    pub constraint: Option<String>,
+    /// Where in a function or statement it happened (CONTEXT), if any.
+    pub context: Option<String>,
+}
+
+impl ServerError {
+    /// The server's report inside `err`, if `err` is a server error.
+    pub fn from_sqlx(err: &sqlx::Error) -> Option<Self> {
+        let sqlx::Error::Database(db) = err else {
+            return None;
+        };
+        let owned = |s: Option<&str>| s.map(str::to_owned);
+        Some(
+            match db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                Some(pg) => Self {
+                    sqlstate: pg.code().to_owned(),
+                    message: pg.message().to_owned(),
+                    detail: owned(pg.detail()),
+                    hint: owned(pg.hint()),
+                    schema: owned(pg.schema()),
+                    table: owned(pg.table()),
+                    column: owned(pg.column()),
+                    constraint: owned(pg.constraint()),
+                    context: owned(pg.r#where()),
+                },
+                None => Self {
+                    sqlstate: db.code().map(|c| c.into_owned()).unwrap_or_default(),
+                    message: db.message().to_owned(),
+                    table: owned(db.table()),
+                    constraint: owned(db.constraint()),
+                    ..Self::default()
+                },
+            },
+        )
+    }
+
+    /// The first server report found in `err`'s chain of causes (a job's
+    /// `anyhow` error wraps the driver's).
+    pub fn find_in(err: &anyhow::Error) -> Option<Self> {
+        err.chain()
+            .find_map(|cause| cause.downcast_ref::<sqlx::Error>())
+            .and_then(Self::from_sqlx)
+    }
+}
+
+/// A DETAIL without the row values it may quote.
+fn redact_detail(detail: &str) -> &str {
+    const ROW: &str = "Failing row contains";
+    if detail.starts_with(ROW) { ROW } else { detail }
+}
+
+/// Logs a database failure once, where it is mapped to a wire error: at
+/// `warn` when the database is only unavailable, at `error` otherwise, with
+/// every field of the server's report as its own log field (the request's
+/// span adds the trace id). A DETAIL that quotes a whole row ("Failing row
+/// contains (…)", a check or not-null violation) is cut to its first words:
+/// the row may hold a password hash or an encrypted secret. A key's value
+/// in a unique violation's DETAIL is an id, and stays.
+pub fn log_failure(
+    what: &str,
+    unavailable: bool,
+    err: &dyn std::fmt::Display,
+    server: Option<&ServerError>,
+) {
+    let none = ServerError::default();
+    let s = server.unwrap_or(&none);
+    let detail = s.detail.as_deref().map(redact_detail);
+    macro_rules! emit {
+        ($level:ident, $msg:literal) => {
+            tracing::$level!(
+                error = %err,
+                sqlstate = s.sqlstate.as_str(),
+                db_message = s.message.as_str(),
+                db_detail = detail,
+                db_hint = s.hint.as_deref(),
+                db_schema = s.schema.as_deref(),
+                db_table = s.table.as_deref(),
+                db_column = s.column.as_deref(),
+                db_constraint = s.constraint.as_deref(),
+                db_context = s.context.as_deref(),
+                $msg,
+                what
+            )
+        };
+    }
+    if unavailable {
+        emit!(warn, "database unavailable while {}");
+    } else {
+        emit!(error, "database error while {}");
     }
 }
 

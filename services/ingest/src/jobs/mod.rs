@@ -271,11 +271,27 @@ impl Run {
         use rpc_contracts::jobs::JobOutcome;
         let report = match result {
             Ok(report) => report,
-            Err(e) => Report {
-                items: 0,
-                summary: json!({ "error": format!("{e:#}") }),
-                failed: Some(format!("{e:#}")),
-            },
+            Err(e) => {
+                // What the server said, when the database is the cause
+                // (the summary below keeps the chain's text only).
+                if let Some(server) = platform::db::ServerError::find_in(&e) {
+                    let unavailable = e
+                        .chain()
+                        .find_map(|c| c.downcast_ref::<sqlx::Error>())
+                        .is_some_and(platform::db::is_unavailable);
+                    platform::db::log_failure(
+                        &format!("running the {} job", self.job),
+                        unavailable,
+                        &format_args!("{e:#}"),
+                        Some(&server),
+                    );
+                }
+                Report {
+                    items: 0,
+                    summary: json!({ "error": format!("{e:#}") }),
+                    failed: Some(format!("{e:#}")),
+                }
+            }
         };
         let outcome = if report.failed.is_some() {
             JobOutcome::Failed
