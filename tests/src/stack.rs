@@ -133,6 +133,9 @@ fn service_overrides(options: &StackOptions) -> Vec<(&'static str, String)> {
 
 /// A running platform.
 pub struct Stack {
+    /// The environment each of registry, auth, query and gateway was
+    /// started with ([`Stack::restart`]).
+    envs: Vec<(&'static str, Vec<(&'static str, String)>)>,
     pub topology: Topology,
     pub base_url: String,
     pub rpc: RpcClient,
@@ -387,9 +390,12 @@ impl Stack {
 
         // What differs from the test command's servers, for every service.
         let overrides = service_overrides(&options);
-        let service_command = |bin: &str, ns: &str, env: &[(&'static str, String)]| {
+        // Each service's full environment, kept so a test can restart it.
+        let mut envs: Vec<(&'static str, Vec<(&'static str, String)>)> = Vec::new();
+        let mut service_command = |bin: &'static str, ns: &str, env: &[(&'static str, String)]| {
             let mut all = overrides.clone();
             all.extend(env.iter().cloned());
+            envs.push((bin, all.clone()));
             service_command(bin, ns, &all)
         };
         let mut processes = Vec::new();
@@ -527,7 +533,9 @@ impl Stack {
                 secret_access_key: s3_secret.into(),
             },
         );
+        let envs = envs;
         let stack = Self {
+            envs,
             topology,
             base_url: format!("http://127.0.0.1:{port}"),
             rpc,
@@ -755,6 +763,41 @@ impl Stack {
         self.processes
             .push(ChildProcess::spawn(name, &mut cmd).expect("spawn ingest"));
         metrics
+    }
+
+    /// Stops the service `name` (registry, auth, query or gateway) if it
+    /// runs, and starts it again as it was first started: e.g. a gateway
+    /// that starts while auth is down. Does not wait for it to serve.
+    pub fn restart(&mut self, name: &str) {
+        if let Some(i) = self.processes.iter().position(|p| p.name() == name) {
+            let mut old = self.processes.remove(i);
+            old.kill();
+        }
+        self.start_service(name);
+    }
+
+    /// Stops the service `name` (it stays stopped until [`Stack::restart`]).
+    pub fn stop(&mut self, name: &str) {
+        if let Some(i) = self.processes.iter().position(|p| p.name() == name) {
+            let mut old = self.processes.remove(i);
+            old.kill();
+        }
+    }
+
+    fn start_service(&mut self, name: &str) {
+        let (bin, env) = self
+            .envs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("{name} cannot be restarted"))
+            .clone();
+        let mut cmd = with_log(
+            service_command(bin, self.topology.namespace(), &env),
+            self.log_dir.as_ref(),
+            name,
+        );
+        self.processes
+            .push(ChildProcess::spawn(name, &mut cmd).expect("spawn a service"));
     }
 
     /// The names of the service processes it runs (`registry`, `ingest`...).

@@ -776,3 +776,84 @@ async fn failed_logins_are_throttled_visible_to_admins_and_cleared_by_them() {
     assert_eq!(login(&stack, "victim", PASSWORD).await.status(), 200);
     stack.finish().await;
 }
+
+/// The gateway's `/ready` body.
+async fn gateway_ready(stack: &Stack) -> (StatusCode, Value) {
+    let resp = http()
+        .get(format!("http://{}/ready", stack.metrics_addr("gateway")))
+        .send()
+        .await
+        .unwrap();
+    (resp.status(), resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_gateway_started_before_auth_is_not_ready_and_never_calls_a_valid_token_invalid() {
+    // The class of bug: a process that caches something from another
+    // service at start-up (here the gateway, auth's token keys) and starts
+    // first. It must not report ready, and must not turn "auth has not
+    // answered yet" into "your token is invalid".
+    let mut stack = Stack::start(StackOptions::default()).await;
+    add_user(&stack, "early", &[Role::Analyst]).await;
+    let token = token_for(&stack, "early").await;
+
+    stack.stop("auth");
+    stack.restart("gateway");
+    // The new gateway serves HTTP, but has no token keys yet.
+    let until = Instant::now() + Duration::from_secs(30);
+    let (status, report) = loop {
+        let ping = http()
+            .get(format!("{}/v1/ping", stack.base_url))
+            .send()
+            .await;
+        if ping.is_ok() {
+            break gateway_ready(&stack).await;
+        }
+        assert!(
+            Instant::now() < until,
+            "the restarted gateway never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{report}");
+    assert_ne!(report["checks"]["token_keys"], "ok", "{report}");
+    let (status, body) = call(&stack, Method::GET, "/v1/auth/me", Some(&token), None).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a valid token while auth is away: {body}"
+    );
+    assert_eq!(body["code"], "unavailable", "{body}");
+
+    stack.restart("auth");
+    // The very first request once auth answers is accepted: the gateway
+    // fetches the keys for it, whatever its own schedule.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = call(&stack, Method::GET, "/v1/auth/me", Some(&token), None).await;
+        match status {
+            StatusCode::OK => {
+                assert_eq!(body["username"], "early", "{body}");
+                break;
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {}
+            other => panic!("a valid token answered {other} while auth came back: {body}"),
+        }
+        assert!(Instant::now() < until, "auth never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, report) = gateway_ready(&stack).await;
+        if status == StatusCode::OK {
+            assert_eq!(report["checks"]["token_keys"], "ok", "{report}");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the gateway never became ready: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stack.finish().await;
+}

@@ -27,7 +27,7 @@ const EXPECTED_CHECKS: [(&str, &[&str]); 5] = [
     ("auth", &["broker", "database", "started"]),
     ("ingest", &["broker", "database", "s3", "started"]),
     ("query", &["broker", "database", "s3", "started"]),
-    ("gateway", &["broker", "started"]),
+    ("gateway", &["broker", "started", "token_keys"]),
 ];
 
 /// `GET /ready`: the status and the JSON body.

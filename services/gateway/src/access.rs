@@ -21,6 +21,7 @@ use rpc_contracts::auth::{self, AuditRecord, CheckTokenRequest, Role, TokenIdent
 use rpc_contracts::{ErrorCode, RpcError};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -47,15 +48,115 @@ pub(crate) struct Access {
     clock: fn() -> i64,
     /// Header holding the client address appended by a trusted proxy.
     client_addr_header: Option<header::HeaderName>,
-    /// When the verification keys were last fetched, and whether it worked.
-    last_key_fetch: Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, bool)>>>,
+    /// The fetches of the token verification keys (see [`KeyFetches`]).
+    key_fetches: KeyFetches,
 }
 
 /// The least time between two fetches of the verification keys prompted by
-/// an unknown `kid`.
+/// unknown `kid`s after a successful fetch: within it, an unknown `kid` is
+/// simply unknown (the auth service publishes a key before it signs with
+/// it), so forged `kid`s cannot make the gateway flood auth.
 pub(crate) const KEY_FETCH_MIN_INTERVAL: Duration = Duration::from_secs(5);
 /// The least time between two attempts after a failed fetch.
 const KEY_FETCH_RETRY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Why a fetch of the verification keys is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FetchReason {
+    /// The periodic refresh (and the first load at start-up).
+    Schedule,
+    /// A token named a `kid` this gateway does not hold.
+    UnknownKid,
+}
+
+/// What became of a request for fresh verification keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyRefresh {
+    /// A fetch ended after the request arrived and it worked: the keys
+    /// held now are what auth published; verify again.
+    Fetched,
+    /// The keys were fetched too recently for another fetch: an unknown
+    /// `kid` is simply unknown.
+    Fresh,
+    /// The auth service could not be asked (not up yet, or down): a token
+    /// with an unknown `kid` cannot be judged now (503, retry), which is
+    /// not the same as a bad token (401).
+    Unavailable,
+}
+
+/// The fetches of the verification keys, one at a time: a request that
+/// finds a fetch under way waits for it and shares its result, so however
+/// many requests carry unknown `kid`s, auth sees at most one fetch per
+/// [`KEY_FETCH_MIN_INTERVAL`] (after a success) or per
+/// [`KEY_FETCH_RETRY_INTERVAL`] (after a failure).
+#[derive(Clone, Default)]
+pub(crate) struct KeyFetches {
+    /// The last fetch: when it ended, and whether it worked.
+    last: Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, bool)>>>,
+    /// Whether the keys have been loaded at least once (readiness).
+    loaded: Arc<AtomicBool>,
+}
+
+impl KeyFetches {
+    /// Whether a fetch has ever worked.
+    pub(crate) fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Runs `fetch` unless the rules above say it need not or must not run;
+    /// `install` takes the fetched keys.
+    pub(crate) async fn refresh<F, Fut>(
+        &self,
+        reason: FetchReason,
+        fetch: F,
+        install: impl FnOnce(Vec<serde_json::Value>) -> usize,
+    ) -> KeyRefresh
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<serde_json::Value>, RpcError>>,
+    {
+        let arrived = tokio::time::Instant::now();
+        let mut last = self.last.lock().await;
+        if let Some((ended, ok)) = *last {
+            let age = ended.elapsed();
+            if reason == FetchReason::UnknownKid {
+                // A fetch ended while this request waited for the lock:
+                // its answer is as fresh as one of our own.
+                if ended > arrived {
+                    return if ok {
+                        KeyRefresh::Fetched
+                    } else {
+                        KeyRefresh::Unavailable
+                    };
+                }
+                if ok && age < KEY_FETCH_MIN_INTERVAL {
+                    return KeyRefresh::Fresh;
+                }
+            }
+            if !ok && age < KEY_FETCH_RETRY_INTERVAL {
+                // Auth was just found away: wait out the short gap (this
+                // request keeps the lock, so others queue behind it and
+                // share what it finds).
+                tokio::time::sleep(KEY_FETCH_RETRY_INTERVAL - age).await;
+            }
+        }
+        let result = fetch().await;
+        let ok = result.is_ok();
+        *last = Some((tokio::time::Instant::now(), ok));
+        match result {
+            Ok(jwks) => {
+                let kept = install(jwks);
+                self.loaded.store(true, Ordering::Release);
+                tracing::info!(keys = kept, reason = ?reason, "token verification keys fetched");
+                KeyRefresh::Fetched
+            }
+            Err(e) => {
+                tracing::warn!(code = %e.code, reason = ?reason, "could not fetch the token verification keys");
+                KeyRefresh::Unavailable
+            }
+        }
+    }
+}
 
 fn wall_clock() -> i64 {
     (platform::clock::now_unix_ms() / 1000) as i64
@@ -76,7 +177,7 @@ impl Access {
                 .build(),
             clock: wall_clock,
             client_addr_header,
-            last_key_fetch: Arc::new(tokio::sync::Mutex::new(None)),
+            key_fetches: KeyFetches::default(),
         }
     }
 
@@ -102,39 +203,26 @@ impl Access {
         peer.map(|addr| addr.ip().to_string())
     }
 
-    /// Fetches the token verification keys from the auth service now,
-    /// unless a fetch was made less than [`KEY_FETCH_MIN_INTERVAL`] ago.
-    /// Answers whether the keys were fetched.
-    pub(crate) async fn refresh_keys(&self, rpc: &RpcClient) -> bool {
-        let mut last = self.last_key_fetch.lock().await;
-        if let Some((at, fetched)) = *last {
-            // After a failed fetch (auth not up yet), try again sooner.
-            let gap = if fetched {
-                KEY_FETCH_MIN_INTERVAL
-            } else {
-                KEY_FETCH_RETRY_INTERVAL
-            };
-            if at.elapsed() < gap {
-                return false;
-            }
-        }
+    /// Fetches the token verification keys from the auth service, under
+    /// the rules of [`KeyFetches`].
+    pub(crate) async fn refresh_keys(&self, rpc: &RpcClient, reason: FetchReason) -> KeyRefresh {
         let options = CallOptions::timeout(Duration::from_secs(5));
-        match rpc
-            .call_with::<auth::TokenKeys>(&auth::TokenKeysRequest {}, options)
+        self.key_fetches
+            .refresh(
+                reason,
+                || async {
+                    rpc.call_with::<auth::TokenKeys>(&auth::TokenKeysRequest {}, options)
+                        .await
+                        .map(|jwks| jwks.keys)
+                },
+                |keys| self.verifier.keys().replace(&keys),
+            )
             .await
-        {
-            Ok(jwks) => {
-                let kept = self.verifier.keys().replace(&jwks.keys);
-                tracing::info!(keys = kept, "token verification keys fetched");
-                *last = Some((tokio::time::Instant::now(), true));
-                true
-            }
-            Err(e) => {
-                tracing::warn!(code = %e.code, "could not fetch the token verification keys");
-                *last = Some((tokio::time::Instant::now(), false));
-                false
-            }
-        }
+    }
+
+    /// Whether the verification keys have been loaded at least once.
+    pub(crate) fn keys_loaded(&self) -> bool {
+        self.key_fetches.loaded()
     }
 
     /// Drops the cached status of a token (after its logout).
@@ -213,13 +301,28 @@ impl FromRequestParts<AppState> for Caller {
         };
         let access = &state.access;
         let mut verified = access.verifier.verify(token, (access.clock)());
-        if verified == Err(crate::token::TokenError::UnknownKey)
-            && access.refresh_keys(&state.rpc).await
-        {
-            // A key rotated in since the last fetch (or the first fetch
-            // has not happened yet): one fetch from the auth service, at
-            // most every few seconds whatever the `kid`s sent.
-            verified = access.verifier.verify(token, (access.clock)());
+        if verified == Err(crate::token::TokenError::UnknownKey) {
+            // A key published since the last fetch, or no fetch has worked
+            // yet (the gateway started before auth): one fetch from the
+            // auth service, shared by every request waiting for it, at most
+            // every few seconds whatever the `kid`s sent.
+            match access
+                .refresh_keys(&state.rpc, FetchReason::UnknownKid)
+                .await
+            {
+                KeyRefresh::Fetched => verified = access.verifier.verify(token, (access.clock)()),
+                KeyRefresh::Fresh => {}
+                KeyRefresh::Unavailable => {
+                    return Err(Problem::from_rpc(
+                        &RpcError::new(
+                            ErrorCode::Unavailable,
+                            "the access token cannot be checked now: the auth service is unavailable; retry later",
+                        ),
+                        &trace_id,
+                    )
+                    .into_response());
+                }
+            }
         }
         let claims = match verified {
             Ok(claims) => claims,
@@ -373,5 +476,135 @@ pub(crate) async fn append_audit(rpc: &RpcClient, record: AuditRecord) -> Result
             );
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    type Fetch = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<serde_json::Value>, RpcError>> + Send>,
+    >;
+
+    /// A fetcher that counts its calls, takes `delay`, and answers `ok`.
+    fn fetcher(
+        calls: &Arc<AtomicUsize>,
+        delay: Duration,
+        ok: bool,
+    ) -> impl FnOnce() -> Fetch + use<> {
+        let calls = calls.clone();
+        move || {
+            Box::pin(async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                if ok {
+                    Ok(vec![serde_json::json!({"kid": "k1"})])
+                } else {
+                    Err(RpcError::new(ErrorCode::NoRoute, "no queue"))
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_with_unknown_kids_share_one_fetch() {
+        let fetches = KeyFetches::default();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let outcomes = futures_util::future::join_all((0..50).map(|_| {
+            fetches.refresh(
+                FetchReason::UnknownKid,
+                fetcher(&calls, Duration::from_millis(100), true),
+                |keys| keys.len(),
+            )
+        }))
+        .await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "one fetch for fifty requests"
+        );
+        assert!(
+            outcomes.iter().all(|o| *o == KeyRefresh::Fetched),
+            "{outcomes:?}"
+        );
+        assert!(fetches.loaded());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_fetch_that_worked_forged_kids_cause_no_fetch_for_a_while() {
+        let fetches = KeyFetches::default();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let refresh =
+            |reason| fetches.refresh(reason, fetcher(&calls, Duration::ZERO, true), |k| k.len());
+        assert_eq!(refresh(FetchReason::Schedule).await, KeyRefresh::Fetched);
+        for _ in 0..100 {
+            assert_eq!(refresh(FetchReason::UnknownKid).await, KeyRefresh::Fresh);
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::advance(KEY_FETCH_MIN_INTERVAL).await;
+        assert_eq!(refresh(FetchReason::UnknownKid).await, KeyRefresh::Fetched);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gateway_that_started_before_auth_fetches_when_a_token_arrives() {
+        // The failure this guards against: the start-up fetch failed (auth
+        // not consuming yet), a token signed by auth's key arrived a moment
+        // later, and it was refused as `unknown_key` without a new fetch.
+        let fetches = KeyFetches::default();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let away = fetches
+            .refresh(
+                FetchReason::Schedule,
+                fetcher(&calls, Duration::ZERO, false),
+                |k| k.len(),
+            )
+            .await;
+        assert_eq!(away, KeyRefresh::Unavailable);
+        assert!(!fetches.loaded(), "not ready while no fetch has worked");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let started = tokio::time::Instant::now();
+        let now_up = fetches
+            .refresh(
+                FetchReason::UnknownKid,
+                fetcher(&calls, Duration::ZERO, true),
+                |k| k.len(),
+            )
+            .await;
+        assert_eq!(
+            now_up,
+            KeyRefresh::Fetched,
+            "a fetch right after a failure still happens"
+        );
+        assert_eq!(
+            started.elapsed(),
+            KEY_FETCH_RETRY_INTERVAL - Duration::from_millis(100)
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(fetches.loaded());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_auth_is_away_unknown_kids_are_unavailable_and_fetches_stay_spaced() {
+        let fetches = KeyFetches::default();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..10 {
+            let outcome = fetches
+                .refresh(
+                    FetchReason::UnknownKid,
+                    fetcher(&calls, Duration::ZERO, false),
+                    |k| k.len(),
+                )
+                .await;
+            assert_eq!(outcome, KeyRefresh::Unavailable);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 10);
+        // One attempt at once, then one per retry interval.
+        assert_eq!(t0.elapsed(), KEY_FETCH_RETRY_INTERVAL * 9);
+        assert!(!fetches.loaded());
     }
 }

@@ -141,6 +141,7 @@ impl Application {
             self.args.client_addr_header.clone(),
         );
         let refresh = Duration::from_secs(self.args.token_keys_refresh_secs.max(5));
+        let access_for_ready = access.clone();
         tokio::spawn(refresh_token_keys(
             self.rpc.clone(),
             access.clone(),
@@ -158,6 +159,22 @@ impl Application {
         };
         let app = routes::router(state);
         tracing::info!(addr = %self.addr, "public HTTP API listening");
+        // Not ready until the token keys have been loaded once: before
+        // that, every back-office request would be answered 503.
+        let loaded = access_for_ready;
+        self.svc.ready.add_check("token_keys", move || {
+            let ok = loaded.keys_loaded();
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(
+                        "the token verification keys are not loaded yet (auth not answering)"
+                            .to_owned(),
+                    )
+                }
+            }
+        });
         self.svc.ready.set(true);
         let stop = self.svc.stop.clone();
         limits::serve(self.listener, app, &self.args.http_limits, stop).await?;
@@ -169,19 +186,18 @@ impl Application {
 /// Keeps the token verification keys fresh: fetched from the auth service
 /// at start (every 2 s until it answers) and every `every` after. A request
 /// with an unknown `kid` may also prompt a fetch (see
-/// `Access::refresh_keys`).
+/// `access::KeyFetches`).
 async fn refresh_token_keys(
     rpc: RpcClient,
     access: access::Access,
     every: Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut loaded = false;
     loop {
-        if access.refresh_keys(&rpc).await {
-            loaded = true;
-        }
-        let wait = if loaded {
+        access
+            .refresh_keys(&rpc, access::FetchReason::Schedule)
+            .await;
+        let wait = if access.keys_loaded() {
             every
         } else {
             Duration::from_secs(2)

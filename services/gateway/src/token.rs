@@ -5,8 +5,10 @@
 //! - exactly one algorithm, ES256, pinned here; the header's `alg` is only
 //!   compared with it, never used to choose;
 //! - `kid` only selects among the keys this gateway already holds (fetched
-//!   from the auth service); an unknown `kid` fails, it never triggers a
-//!   fetch, and `jku`/`x5u`/`jwk`/`x5c` in the header are ignored;
+//!   from the auth service); an unknown `kid` fails here, and the caller
+//!   may prompt one shared, rate-limited fetch from auth before trying
+//!   again (`access.rs`, `KeyFetches`); `jku`/`x5u`/`jwk`/`x5c` in the
+//!   header are ignored;
 //! - `iss`, `aud`, `exp`, `nbf`, `iat`, `sub` and `jti` are required; `exp`
 //!   and `nbf` are checked against the `now` the caller passes, with a leeway
 //!   of at most [`MAX_LEEWAY_SECS`].
