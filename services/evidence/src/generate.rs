@@ -29,8 +29,12 @@ pub struct PackageSpec {
     pub records: usize,
     /// `created_at`; record times run up to it.
     pub created_at: OffsetDateTime,
-    /// The span the records' times cover, ending at `created_at`.
+    /// The span the records' times cover, ending at `records_end`.
     pub span: Duration,
+    /// When the records' span ends: `created_at` unless moved back with
+    /// [`PackageSpec::records_ending`] (a back-fill: a package made now
+    /// reporting an earlier day).
+    pub records_end: OffsetDateTime,
     /// The seed: same spec and seed, same bytes (the package id included).
     pub seed: u64,
 }
@@ -50,8 +54,16 @@ impl PackageSpec {
             records,
             created_at,
             span: Duration::hours(1),
+            records_end: created_at,
             seed,
         }
+    }
+
+    /// The same spec with the records' span ending at `end` instead (no
+    /// later than `created_at`).
+    pub fn records_ending(mut self, end: OffsetDateTime) -> Self {
+        self.records_end = end.min(self.created_at);
+        self
     }
 }
 
@@ -95,12 +107,12 @@ pub fn generate_package(spec: &PackageSpec) -> GeneratedPackage {
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let package_id = uuid::Builder::from_random_bytes(rng.random()).into_uuid();
     let count = spec.records.max(1);
-    let start = spec.created_at - spec.span;
+    let start = spec.records_end - spec.span;
     let step_ms = (spec.span.whole_milliseconds() / count as i128).max(1);
     let mut records = Vec::with_capacity(count);
     for i in 0..count {
         let ts = start + Duration::milliseconds((step_ms * (i as i128 + 1)) as i64);
-        let ts = ts.min(spec.created_at);
+        let ts = ts.min(spec.records_end);
         let game = GAMES[rng.random_range(0..GAMES.len())];
         let channel = CHANNELS[rng.random_range(0..CHANNELS.len())];
         let currency = CURRENCIES[rng.random_range(0..CURRENCIES.len())];
@@ -197,6 +209,23 @@ mod tests {
                     && r.ts > package.created_at - Duration::hours(1))
             );
         }
+    }
+
+    #[test]
+    fn a_back_fill_reports_an_earlier_day_from_a_package_made_now() {
+        let end = datetime!(2026-08-01 06:00:00 UTC);
+        let made = generate_package(&spec(24, 3).records_ending(end));
+        let package = parse_package(&made.bytes).unwrap();
+        assert_eq!(package.created_at, datetime!(2026-11-22 12:00:00 UTC));
+        assert!(
+            package
+                .records
+                .iter()
+                .all(|r| r.ts <= end && r.ts > end - Duration::hours(1))
+        );
+        // Never after the package was made.
+        let later = spec(1, 3).records_ending(datetime!(2027-01-01 00:00:00 UTC));
+        assert_eq!(later.records_end, later.created_at);
     }
 
     #[test]

@@ -312,6 +312,20 @@ pub async fn check(
         v.max_ack_gap_ms = Some(gap.as_millis() as u64);
     }
 
+    // A valid package never gets an unexpected server error, fault or no
+    // fault: unavailability is 503/504, and a 500 is a bug (the new-days
+    // partition race was one: 42P07 under concurrent first writes to a day).
+    let internal: u64 = v
+        .errors
+        .iter()
+        .filter(|(label, _)| label.starts_with("500 ") || label.starts_with("501 "))
+        .map(|(_, n)| n)
+        .sum();
+    if internal > 0 {
+        v.fail(format!(
+            "{internal} attempts answered 500/501: a valid package must never get an unexpected server error (ingest's log has the cause under the trace id)"
+        ));
+    }
     if v.lost > 0 {
         v.fail(format!("{} acknowledged packages lost", v.lost));
     }

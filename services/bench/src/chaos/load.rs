@@ -35,6 +35,12 @@ pub struct LoadConfig {
     pub rate: f64,
     /// Records per package.
     pub records: usize,
+    /// Record times are spread over this many days before today: a
+    /// package's records fall within one hour of one day, and every few
+    /// packages move to a day no earlier package used, so partitions for
+    /// never-seen days are created all through the run, concurrently and
+    /// under the fault (0: every package reports the hour before now).
+    pub record_days: u32,
     /// Bound on one HTTP attempt.
     pub attempt_timeout: Duration,
     /// A `Retry-After` longer than this is shortened to it.
@@ -188,6 +194,21 @@ impl History {
     }
 }
 
+/// How far before now the records of package `seed` end: packages come
+/// in groups of [`PACKAGES_PER_DAY`] consecutive seeds (sent at nearly the
+/// same time, so they race for the same new day), each group a day further
+/// back, cycling through `days` days. `days` = 0: now.
+pub fn report_day(seed: u64, days: u32) -> time::Duration {
+    if days == 0 {
+        return time::Duration::ZERO;
+    }
+    let day = (seed / PACKAGES_PER_DAY) % u64::from(days);
+    time::Duration::days(day as i64)
+}
+
+/// Consecutive packages that report the same day.
+pub const PACKAGES_PER_DAY: u64 = 4;
+
 /// Spaces new packages `1/rate` apart across all submitters: one submitter
 /// at a time waits for the next slot (the others queue behind it, so no
 /// slot is reserved far ahead); a slot missed (everyone busy retrying) is
@@ -323,13 +344,9 @@ impl Worker {
                 () = self.pacer.wait() => {}
             }
             let seed = self.seeds.fetch_add(1, Ordering::Relaxed);
-            let spec = PackageSpec::new(
-                who.id.clone(),
-                "local",
-                self.config.records,
-                platform::clock::now(),
-                seed,
-            );
+            let now = platform::clock::now();
+            let spec = PackageSpec::new(who.id.clone(), "local", self.config.records, now, seed)
+                .records_ending(now - report_day(seed, self.config.record_days));
             let generated = generate_package(&spec);
             let signature =
                 base64::engine::general_purpose::STANDARD.encode(who.key.sign(&generated.bytes));

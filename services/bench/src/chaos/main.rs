@@ -71,6 +71,14 @@ struct Options {
     #[arg(long, default_value_t = 20)]
     records: usize,
 
+    /// Days before today the record times are spread over: every 4
+    /// packages report a day no earlier package used, so daily partitions
+    /// are created concurrently all through a run (0: every package reports
+    /// the hour before now). Must stay under ingest's record age limit
+    /// (400 days).
+    #[arg(long, default_value_t = 360)]
+    record_days: u32,
+
     /// Load before the fault, seconds (default 10, 5 with --short).
     #[arg(long)]
     warmup_secs: Option<u64>,
@@ -269,6 +277,7 @@ async fn run(options: Options) -> anyhow::Result<bool> {
         load: LoadConfig {
             rate: options.rate.unwrap_or(if short { 20.0 } else { 40.0 }),
             records: options.records.max(1),
+            record_days: options.record_days,
             attempt_timeout: Duration::from_secs(15),
             retry_after_cap: Duration::from_secs(2),
             give_up_after: Duration::from_secs(120),

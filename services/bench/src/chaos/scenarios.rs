@@ -73,6 +73,13 @@ pub fn scenarios() -> Vec<Scenario> {
             run: |c| ingest_kill(c).boxed(),
         },
         Scenario {
+            name: "new-days",
+            short: true,
+            injected: "no outside fault: the load itself, raised to 4x its rate for the fault time, with every 4 consecutive packages reporting a day that has no partition yet (`--record-days`), so first writes to new days race each other and the other writes",
+            expected: "every package 201 (never a 500: the partition race of issue 14); one partition per new day; stored once",
+            run: |c| new_days(c).boxed(),
+        },
+        Scenario {
             name: "broker-restart",
             short: false,
             injected: "a private RabbitMQ node: `rabbitmqctl stop_app` mid-load, `start_app` after the fault time",
@@ -424,6 +431,44 @@ async fn ingest_kill(ctx: &Ctx) -> anyhow::Result<Verdict> {
                 history.in_flight_at(second_kill)
             ]),
         );
+        Ok(v)
+    }
+    .await;
+    stop_stack(stack, true).await;
+    outcome
+}
+
+/// The number of daily partitions of `records`.
+async fn partitions(stack: &Stack) -> i64 {
+    stack
+        .query("SELECT count(*) AS n FROM pg_inherits WHERE inhparent = 'records'::regclass")
+        .await[0]["n"]
+        .as_i64()
+        .unwrap_or(0)
+}
+
+async fn new_days(ctx: &Ctx) -> anyhow::Result<Verdict> {
+    let stack = start_stack(ctx, "new-days", StackOptions::default()).await?;
+    let outcome = async {
+        let before = partitions(&stack).await;
+        let mut run = Run::start(ctx, "new-days", &stack).await?;
+        let (inject, heal, end) = times(ctx, ctx.fault);
+        run.until(inject).await;
+        run.set_rate(ctx.load.rate * 4.0);
+        run.injected("rate x4; every 4 packages on a day with no partition yet");
+        run.until(heal).await;
+        run.set_rate(ctx.load.rate);
+        run.healed("rate back to normal");
+        let mut v = run
+            .finish(ctx, end, &stack.ingest_db_url, &stack.evidence)
+            .await?;
+        let created = partitions(&stack).await - before;
+        v.extra.insert("partitions_created".into(), json!(created));
+        if ctx.load.record_days > 0 && created < 2 {
+            v.fail(format!(
+                "only {created} partitions created: the load did not reach new days"
+            ));
+        }
         Ok(v)
     }
     .await;
