@@ -2,7 +2,11 @@
 //! signatures checked by `openssl`, and keygen → key add → package generate
 //! → submit → receipt verify against a whole platform (registry, ingest,
 //! gateway), with the rows counted in PostgreSQL, the blobs read back from
-//! S3, refusals by code, and retries through a cut connection.
+//! S3, refusals by code, and retries through a cut connection; `retry.rs`
+//! runs `submit` against a scripted gateway (server errors, lost answers,
+//! refusals).
+
+mod retry;
 
 use evidence::{PublicKey, verify_receipt};
 use platform::testing::{TcpProxy, amqp_uri, put_secret, vault_addr, vault_root_token};

@@ -1,11 +1,13 @@
 //! The gateway's public HTTP API as a submitter uses it: `POST /v1/packages`
 //! and `GET /v1/keys` (see `docs/api.md`). One call is one attempt; the
-//! caller decides on retries from [`AttemptError::retryable`], which follows
-//! the API's own rules (no answer, 408, 429, 503 and 504 are worth another
-//! try with the same bytes; any other refusal is final).
+//! caller retries through [`crate::retry::RetryPolicy::run`], which asks
+//! [`AttemptError`] whether another try is worth it: no answer, 408, 429 and
+//! every server error but 501 and 505 are (resending the same bytes is safe:
+//! the platform deduplicates on the package id and the bytes' SHA-256); the
+//! caller's faults (any other 4xx) are final.
 
 use crate::error::CliError;
-use crate::retry::parse_retry_after;
+use crate::retry::{Retryable, parse_retry_after};
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -62,10 +64,22 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// Whether the same request may succeed later: timeouts, rate limits
-    /// and unavailability (the API answers 503 or 504 with `Retry-After`).
+    /// Whether the same request may succeed later: a timeout (408), a
+    /// rate limit (429), or a server error (500, 502, 503, 504, and any
+    /// other 5xx but 501 Not Implemented and 505 HTTP Version Not
+    /// Supported, which no resend changes). Any other 4xx is the caller's
+    /// to fix.
     pub fn retryable(&self) -> bool {
-        matches!(self.status, 408 | 429 | 503 | 504)
+        match self.status {
+            408 | 429 => true,
+            501 | 505 => false,
+            status => (500..600).contains(&status),
+        }
+    }
+
+    /// Whether the server is at fault (a 5xx).
+    pub fn server_error(&self) -> bool {
+        (500..600).contains(&self.status)
     }
 
     /// Reads a problem from a status, its headers and its body text.
@@ -130,17 +144,18 @@ pub enum AttemptError {
     Problem(Problem),
 }
 
-impl AttemptError {
-    /// Whether the same request may succeed later.
-    pub fn retryable(&self) -> bool {
+impl Retryable for AttemptError {
+    /// No answer is worth another try (a package stored by an attempt whose
+    /// answer was lost is answered 200 with its receipt); an answer, as
+    /// [`Problem::retryable`] says.
+    fn retryable(&self) -> bool {
         match self {
             Self::Transport(_) => true,
             Self::Problem(p) => p.retryable(),
         }
     }
 
-    /// The wait the gateway asked for, if any.
-    pub fn retry_after(&self) -> Option<Duration> {
+    fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Transport(_) => None,
             Self::Problem(p) => p.retry_after,
@@ -333,7 +348,7 @@ mod tests {
     }
 
     #[test]
-    fn only_no_answer_timeouts_rate_limits_and_unavailability_are_retried() {
+    fn no_answer_timeouts_rate_limits_and_server_errors_are_retried_the_callers_faults_not() {
         for (status, retry) in [
             (400, false),
             (401, false),
@@ -345,13 +360,19 @@ mod tests {
             (415, false),
             (422, false),
             (429, true),
-            (500, false),
-            (502, false),
+            (431, false),
+            (500, true),
+            (501, false),
+            (502, true),
             (503, true),
             (504, true),
+            (505, false),
+            (507, true),
+            (524, true),
         ] {
             let p = Problem::from_parts(status, None, None, "{}");
             assert_eq!(p.retryable(), retry, "{status}");
+            assert_eq!(p.server_error(), status >= 500, "{status}");
         }
         assert!(AttemptError::Transport("refused".into()).retryable());
     }

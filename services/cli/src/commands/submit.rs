@@ -11,19 +11,22 @@ use crate::files::{PUBLIC_MODE, read_signing_key, replace, with_suffix};
 use crate::gateway::{AttemptError, Gateway, GatewayArgs};
 use crate::output::time;
 use crate::progress::Progress;
-use crate::retry::RetryPolicy;
+use crate::retry::{NextTry, RetryPolicy, Retryable as _};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use evidence::{ReceiptClaims, ReceiptError, SigningKey, verify_receipt};
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The suffix of a saved receipt: `FILE.receipt`.
 pub const RECEIPT_SUFFIX: &str = ".receipt";
+/// How a package that kept getting a server error through every retry is
+/// reported: the platform failed, not the package, and sending the same
+/// bytes again is safe (it deduplicates them).
+pub const SERVER_ERROR: &str = "server error, safe to resend";
 
 /// What to submit, where, and how hard to try.
 #[derive(Debug, clap::Args)]
@@ -36,7 +39,8 @@ pub struct SubmitArgs {
     #[command(flatten)]
     pub gateway: GatewayArgs,
     /// Retries per package after a failure worth retrying (no answer, a
-    /// timeout, 408, 429, 503, 504), with exponential backoff and jitter.
+    /// timeout, 408, 429, or a server error: 500, 502, 503, 504...), with
+    /// the same bytes, exponential backoff and jitter.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub retries: u32,
     /// Bound on each request, in seconds.
@@ -65,9 +69,11 @@ pub enum Status {
     AlreadyStored,
     /// It has a receipt already and --resubmit was not given.
     Skipped,
-    /// The gateway refused it for good (a 4xx, or a 5xx not worth retrying).
+    /// The gateway refused it for good: a 4xx that is the caller's to fix
+    /// (or a 501/505, which no resend changes).
     Rejected,
-    /// Every attempt failed with something worth retrying.
+    /// Every attempt failed with something worth retrying (no answer, a
+    /// server error, 408, 429): not stored, safe to send again.
     Failed,
     /// The gateway's receipt does not verify, or is not for these bytes;
     /// it was not saved.
@@ -142,6 +148,31 @@ impl PackageReport {
         }
     }
 
+    /// Records the last failure of a package the gateway did not accept
+    /// after `attempts`: failed if it was worth retrying (a server error
+    /// says it is one, and that a resend is safe), rejected if not.
+    fn not_accepted(&mut self, error: AttemptError, attempts: u32) {
+        self.attempts = attempts;
+        self.status = if error.retryable() {
+            Status::Failed
+        } else {
+            Status::Rejected
+        };
+        match error {
+            AttemptError::Transport(why) => self.detail = Some(why),
+            AttemptError::Problem(p) => {
+                self.detail = Some(if self.status == Status::Failed && p.server_error() {
+                    format!("{SERVER_ERROR}: {}", p.detail)
+                } else {
+                    p.detail
+                });
+                self.http_status = Some(p.status);
+                self.code = Some(p.code);
+                self.trace_id = p.trace_id;
+            }
+        }
+    }
+
     fn human(&self) -> String {
         let extra = match self.status {
             Status::Stored | Status::AlreadyStored => format!(
@@ -173,12 +204,24 @@ impl PackageReport {
                 }
                 s
             }
-            Status::Failed => format!(
-                "after {} attempt{}: {}",
-                self.attempts,
-                if self.attempts == 1 { "" } else { "s" },
-                self.detail.as_deref().unwrap_or("-")
-            ),
+            Status::Failed => {
+                let mut s = format!(
+                    "after {} attempt{}: {}",
+                    self.attempts,
+                    if self.attempts == 1 { "" } else { "s" },
+                    self.detail.as_deref().unwrap_or("-")
+                );
+                // The last refusal, if it was one (not a receipt that
+                // could not be checked after a 200 or 201).
+                if let (Some(status), Some(code)) = (self.http_status, &self.code) {
+                    s.push_str(&format!(" ({code}, HTTP {status}"));
+                    if let Some(trace) = &self.trace_id {
+                        s.push_str(&format!(", trace {trace}"));
+                    }
+                    s.push(')');
+                }
+                s
+            }
             Status::InvalidReceipt | Status::Error => self.detail.clone().unwrap_or_default(),
         };
         format!(
@@ -255,14 +298,15 @@ impl Summary {
 
     /// The command's failure, if any package was not stored: rejections
     /// first (exit 1), then bad receipts (5), local errors (3), and
-    /// failures after retries (4).
+    /// failures after retries (4: no answer or a server error to the end;
+    /// safe to send again).
     fn outcome(&self) -> Result<(), CliError> {
         let message = || {
             let parts: Vec<String> = [
                 (self.rejected, "rejected"),
                 (self.invalid_receipt, "answered with a bad receipt"),
                 (self.errors, "with a local error"),
-                (self.failed, "failed after retries"),
+                (self.failed, "failed after retries (safe to resend)"),
             ]
             .into_iter()
             .filter(|(n, _)| *n > 0)
@@ -374,34 +418,20 @@ impl Batch<'_> {
         report.package_id = package_id_of(&bytes);
         // Signed once: every retry sends the same bytes and signature.
         let signature = STANDARD.encode(self.key.sign(&bytes));
-        let sent = retrying(
-            self.policy,
-            &file.display().to_string(),
-            self.progress,
-            || self.gateway.submit(&bytes, &self.key_id, &signature),
-        )
-        .await;
+        let sent = self
+            .policy
+            .run(
+                || self.gateway.submit(&bytes, &self.key_id, &signature),
+                |next| announce(self.progress, &file.display().to_string(), next),
+            )
+            .await;
         let accepted = match sent {
             Ok((accepted, attempts)) => {
                 report.attempts = attempts;
                 accepted
             }
             Err((error, attempts)) => {
-                report.attempts = attempts;
-                report.status = if error.retryable() {
-                    Status::Failed
-                } else {
-                    Status::Rejected
-                };
-                match error {
-                    AttemptError::Transport(why) => report.detail = Some(why),
-                    AttemptError::Problem(p) => {
-                        report.http_status = Some(p.status);
-                        report.code = Some(p.code);
-                        report.detail = Some(p.detail);
-                        report.trace_id = p.trace_id;
-                    }
-                }
+                report.not_accepted(error, attempts);
                 return report;
             }
         };
@@ -452,39 +482,15 @@ impl Batch<'_> {
     }
 }
 
-/// Runs `attempt` until it succeeds, fails for good, or `policy` allows no
-/// more tries, waiting between tries and saying so on stderr. Returns the
-/// result and the number of attempts made.
-async fn retrying<T, F, Fut>(
-    policy: RetryPolicy,
-    what: &str,
-    progress: &Progress,
-    mut attempt: F,
-) -> Result<(T, u32), (AttemptError, u32)>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, AttemptError>>,
-{
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        match attempt().await {
-            Ok(value) => return Ok((value, attempts)),
-            Err(e) if !e.retryable() || !policy.allows_another(attempts) => {
-                return Err((e, attempts));
-            }
-            Err(e) => {
-                let delay = policy.delay(attempts, e.retry_after(), rand::random());
-                progress.err(&format!(
-                    "tallyhouse: retrying {what} in {:.1} s (attempt {} of {}): {e}",
-                    delay.as_secs_f64(),
-                    attempts + 1,
-                    policy.retries + 1
-                ));
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
+/// Says on stderr that `what` is tried again, when and why.
+fn announce(progress: &Progress, what: &str, next: NextTry<'_, AttemptError>) {
+    progress.err(&format!(
+        "tallyhouse: retrying {what} in {:.1} s (attempt {} of {}): {}",
+        next.delay.as_secs_f64(),
+        next.attempt,
+        next.of,
+        next.error
+    ));
 }
 
 /// Why a receipt could not be checked.
@@ -521,11 +527,14 @@ impl ReceiptKeys {
             let set = match keys.as_ref() {
                 Some(set) => set,
                 None => {
-                    let fetched = retrying(self.policy, "the platform's keys", progress, || {
-                        self.gateway.receipt_keys()
-                    })
-                    .await
-                    .map_err(|(e, _)| KeysFailure::Unavailable(e.to_string()))?;
+                    let fetched = self
+                        .policy
+                        .run(
+                            || self.gateway.receipt_keys(),
+                            |next| announce(progress, "the platform's keys", next),
+                        )
+                        .await
+                        .map_err(|(e, _)| KeysFailure::Unavailable(e.to_string()))?;
                     fresh = true;
                     keys.insert(fetched.0)
                 }
@@ -593,6 +602,7 @@ fn folder_packages(dir: &Path) -> Result<Vec<PathBuf>, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::Problem;
 
     #[test]
     fn folders_give_their_json_files_sorted_without_receipts_or_hidden_files() {
@@ -649,6 +659,74 @@ mod tests {
             "{}",
             summary.human()
         );
+    }
+
+    #[test]
+    fn a_server_error_to_the_end_is_a_failure_safe_to_resend_not_a_rejection() {
+        let problem = |status, code: &str| {
+            AttemptError::Problem(Problem::from_parts(
+                status,
+                None,
+                None,
+                &format!(r#"{{"code":"{code}","detail":"it went wrong","trace_id":"t1"}}"#),
+            ))
+        };
+        let mut summary = Summary::default();
+        for (status, code) in [
+            (500, "internal"),
+            (502, "unknown_method"),
+            (504, "deadline_exceeded"),
+        ] {
+            let mut r = PackageReport::new(PathBuf::from("p.json"), Status::Error);
+            r.not_accepted(problem(status, code), 6);
+            assert_eq!(r.status, Status::Failed, "{status}");
+            assert_eq!(r.http_status, Some(status));
+            assert_eq!(r.code.as_deref(), Some(code));
+            assert_eq!(
+                r.human(),
+                format!(
+                    "failed          p.json  after 6 attempts: server error, safe to resend: \
+                     it went wrong ({code}, HTTP {status}, trace t1)"
+                )
+            );
+            summary.count(&r);
+        }
+        assert_eq!((summary.failed, summary.rejected), (3, 0));
+        let Err(e) = summary.outcome() else {
+            panic!("not every package was stored")
+        };
+        assert!(matches!(e, CliError::Connect(_)), "exit 4: {e:?}");
+        assert!(
+            e.to_string()
+                .contains("3 failed after retries (safe to resend)"),
+            "{e}"
+        );
+
+        // Retryable but not the server's: no such claim. Not retryable: a
+        // rejection, however many packages failed.
+        let mut r = PackageReport::new(PathBuf::from("p.json"), Status::Error);
+        r.not_accepted(problem(429, "login_throttled"), 6);
+        assert_eq!(r.status, Status::Failed);
+        assert_eq!(r.detail.as_deref(), Some("it went wrong"));
+        let mut r = PackageReport::new(PathBuf::from("p.json"), Status::Error);
+        r.not_accepted(AttemptError::Transport("connection reset".into()), 6);
+        assert_eq!(
+            (r.status, r.detail.as_deref()),
+            (Status::Failed, Some("connection reset"))
+        );
+        for (status, code) in [
+            (400, "malformed_package"),
+            (422, "wrong_audience"),
+            (501, "http_501"),
+        ] {
+            let mut r = PackageReport::new(PathBuf::from("p.json"), Status::Error);
+            r.not_accepted(problem(status, code), 1);
+            assert_eq!(r.status, Status::Rejected, "{status}");
+            assert!(!r.human().contains(SERVER_ERROR), "{}", r.human());
+            summary.count(&r);
+        }
+        assert_eq!((summary.failed, summary.rejected), (3, 3));
+        assert!(matches!(summary.outcome(), Err(CliError::Rejected(_))));
     }
 
     #[test]
