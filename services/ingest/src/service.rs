@@ -270,8 +270,10 @@ impl Ingest {
                 ),
             ));
         }
-        // The UTC days the records fall on: each needs its partition.
+        // The UTC days the records fall on: each needs its partition
+        // (records mostly come in time order: one set insert per day).
         let mut days = std::collections::BTreeSet::new();
+        let mut last_day = None;
         for (i, r) in package.records.iter().enumerate() {
             if r.ts < received_at - self.record_max_age
                 || r.ts > received_at + time::Duration::days(1)
@@ -284,7 +286,11 @@ impl Ingest {
                     ),
                 ));
             }
-            days.insert(r.ts.to_offset(time::UtcOffset::UTC).date());
+            let day = r.ts.to_offset(time::UtcOffset::UTC).date();
+            if last_day != Some(day) {
+                days.insert(day);
+                last_day = Some(day);
+            }
         }
 
         // Idempotency: (submitter_id, package_id) and the body's SHA-256.
