@@ -3,16 +3,24 @@
 //! the end-to-end canary, after one round against the stack), and every
 //! metric name a Prometheus expression of grafana/dashboards/*.json or
 //! grafana/alerts/*.yaml uses must be in those scrapes (or be one of the
-//! few names other exporters provide).
+//! few names other exporters provide). And before any traffic: a freshly
+//! started platform already has a series of every name they use whose
+//! labels are known in advance, those label sets at 0 (so that `increase()`
+//! sees the first event, and a "stopped" alert sees what never happened).
 
+use crate::canary::sample;
 use evidence::SigningKey;
-use rpc_contracts::ErrorCode;
 use rpc_contracts::auth::{self, LoginRequest, Password};
-use rpc_contracts::query::{ListPackages, ListPackagesRequest};
+use rpc_contracts::jobs::{JobName, JobOutcome};
+use rpc_contracts::query::{self, ListPackages, ListPackagesRequest};
+use rpc_contracts::{ALL_CALLS, ErrorCode, ServiceQueue, ingest, registry};
 use serde_json::{Value, json};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tests::stack::{BINARIES, Stack, StackOptions};
+use tokio::time::Instant;
 
 /// Names that come from elsewhere than the Tallyhouse services: Prometheus
 /// itself (`up`).
@@ -21,13 +29,7 @@ const EXTERNAL: [&str; 1] = ["up"];
 /// Gauges a service exports only in some set-ups (a Vault token with an
 /// expiry, secrets leased from Vault's database engine), with the source
 /// file that encodes them and the name written there (checked).
-const CONDITIONAL: [(&str, &str, &str); 3] = [
-    // Once a lifecycle job has succeeded (none has in a fresh stack).
-    (
-        "tallyhouse_lifecycle_job_last_success_timestamp_seconds",
-        "services/ingest/src/jobs/metrics.rs",
-        "\"job_last_success_timestamp\"",
-    ),
+const CONDITIONAL: [(&str, &str, &str); 2] = [
     (
         "tallyhouse_vault_token_seconds_remaining",
         "services/platform/src/vault.rs",
@@ -40,22 +42,51 @@ const CONDITIONAL: [(&str, &str, &str); 3] = [
     ),
 ];
 
-/// Counters whose family stays out of a scrape until an event this test
-/// cannot cheaply cause (a handler panic, an expired request, a lockout),
-/// with the source file that registers them.
-const RARE: [(&str, &str); 3] = [
+/// Names (by prefix) whose label values come from the traffic itself, so
+/// that a process that has served nothing may have no series of them yet,
+/// with the reason. Everything else grafana/ uses must be in a fresh scrape.
+const FROM_TRAFFIC: [(&str, &str); 6] = [
     (
-        "tallyhouse_rpc_server_dead_lettered_total",
-        "services/platform/src/rpc/metrics.rs",
+        "tallyhouse_ingest_submitter_",
+        "submitter: the registered submitter a package came from",
+    ),
+    ("tallyhouse_http_requests_total", "status: the response's"),
+    (
+        "tallyhouse_http_request_duration_seconds",
+        "route: the route a request matched (not listed apart from the router)",
     ),
     (
-        "tallyhouse_rpc_server_expired_total",
-        "services/platform/src/rpc/metrics.rs",
+        "tallyhouse_rpc_client_",
+        "method: the calls a process makes (not declared in advance)",
     ),
     (
-        "tallyhouse_auth_lockouts_total",
-        "services/auth/src/metrics.rs",
+        "tallyhouse_rpc_server_errors_total",
+        "code: every method times every error code is not created in advance",
     ),
+    (
+        "tallyhouse_canary_",
+        "another process (its series exist from its start: canary/metrics.rs)",
+    ),
+];
+
+/// The four names a fresh platform used to lack (issue 14).
+const ONCE_MISSING: [&str; 4] = [
+    "tallyhouse_auth_lockouts_total",
+    "tallyhouse_lifecycle_job_last_success_timestamp_seconds",
+    "tallyhouse_rpc_server_dead_lettered_total",
+    "tallyhouse_rpc_server_expired_total",
+];
+
+/// The stages of a package submission (services/ingest/src/metrics.rs).
+const INGEST_STAGES: [&str; 8] = [
+    "key_lookup",
+    "verify_queue",
+    "verify",
+    "parse",
+    "dedupe",
+    "receipt_sign",
+    "blob_put",
+    "db_write",
 ];
 
 /// PromQL words that look like metric names but are not.
@@ -284,6 +315,10 @@ fn the_expression_scanner_finds_metric_names_only() {
         ["s"]
     );
     assert_eq!(
+        names("time() - min by (l) (a{l=\"x\"} + on (job, instance) group_left () b) > 3 * 900"),
+        ["a", "b"]
+    );
+    assert_eq!(
         rule_expressions(
             "  - alert: A\n    expr: >-\n      a\n      / b\n    for: 1m\n  - record: r\n    expr: up == 0\n"
         ),
@@ -291,9 +326,8 @@ fn the_expression_scanner_finds_metric_names_only() {
     );
 }
 
-#[tokio::test]
-async fn every_metric_the_dashboards_and_alerts_use_is_one_the_services_expose() {
-    // What grafana/ uses.
+/// Every metric name grafana/ uses, with the file that uses it.
+fn used_names() -> BTreeSet<(String, String)> {
     let dir = grafana_dir();
     let mut used: BTreeSet<(String, String)> = BTreeSet::new();
     let dashboards = files(&dir.join("dashboards"), "json");
@@ -325,6 +359,36 @@ async fn every_metric_the_dashboards_and_alerts_use_is_one_the_services_expose()
             );
         }
     }
+    used
+}
+
+/// The names of the samples in a scrape (families with no sample are not
+/// encoded at all).
+fn sample_names(scrape: &str) -> BTreeSet<String> {
+    scrape
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| line[..line.find(['{', ' ']).unwrap_or(line.len())].to_owned())
+        .collect()
+}
+
+/// The values of `label` among the samples of `name` in a scrape.
+fn label_values(scrape: &str, name: &str, label: &str) -> BTreeSet<String> {
+    let needle = format!("{label}=\"");
+    scrape
+        .lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{'))
+        .filter_map(|labels| {
+            let start = labels.find(&needle)? + needle.len();
+            let len = labels[start..].find('"')?;
+            Some(labels[start..start + len].to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_metric_the_dashboards_and_alerts_use_is_one_the_services_expose() {
+    let used = used_names();
 
     // What the services expose, after one package went through.
     let stack = Stack::start(StackOptions::default()).await;
@@ -432,28 +496,11 @@ async fn every_metric_the_dashboards_and_alerts_use_is_one_the_services_expose()
         );
     }
 
-    // Families that only show once a rare event happened: registered in
-    // the source file named (checked), not necessarily in the scrape.
-    for (name, source) in RARE {
-        let stem = name
-            .strip_prefix("tallyhouse_")
-            .and_then(|n| n.strip_suffix("_total"))
-            .expect("a tallyhouse counter");
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(source);
-        let code = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{source}: {e}"));
-        assert!(
-            code.contains(&format!("\"{stem}\"")),
-            "{source} registers no {stem}"
-        );
-    }
     let missing: Vec<_> = used
         .iter()
         .filter(|(name, _)| {
             !exposed.contains(name)
                 && !EXTERNAL.contains(&name.as_str())
-                && !RARE.iter().any(|(rare, _)| rare == name)
                 && !CONDITIONAL
                     .iter()
                     .any(|(conditional, _, _)| conditional == name)
@@ -469,5 +516,189 @@ async fn every_metric_the_dashboards_and_alerts_use_is_one_the_services_expose()
         "{used_names:?}"
     );
     canary.finish();
+    stack.finish().await;
+}
+
+/// The queue a service serves (`None`: the gateway serves none).
+fn served_queue(service: &str) -> Option<ServiceQueue> {
+    match service {
+        "registry" => Some(registry::QUEUE),
+        "auth" => Some(auth::QUEUE),
+        "ingest" => Some(ingest::QUEUE),
+        "query" => Some(query::QUEUE),
+        "gateway" => None,
+        other => panic!("no queue known for {other}"),
+    }
+}
+
+/// Polls `http://<addr>/ready` until it answers 200, within 60 s.
+async fn until_ready(addr: SocketAddr) {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = reqwest::get(format!("http://{addr}/ready")).await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        assert!(Instant::now() < until, "{addr} not ready within 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_fresh_platform_exposes_what_grafana_uses_with_its_known_label_sets_at_zero() {
+    let used = used_names();
+    let before = platform::clock::now_unix_ms() as f64 / 1000.0;
+    // No traffic but the harness's readiness pings.
+    let mut stack = Stack::start(StackOptions::default()).await;
+    let mut scrapes = BTreeMap::new();
+    for service in BINARIES {
+        scrapes.insert(service, stack.scrape_metrics(service).await);
+    }
+    let after = platform::clock::now_unix_ms() as f64 / 1000.0;
+    let exposed: BTreeSet<String> = scrapes.values().flat_map(|s| sample_names(s)).collect();
+
+    // Every name grafana/ uses has a series, but those whose labels only
+    // traffic can give (and the few set-up dependent and external ones).
+    let missing: Vec<_> = used
+        .iter()
+        .filter(|(name, _)| {
+            !exposed.contains(name)
+                && !EXTERNAL.contains(&name.as_str())
+                && !CONDITIONAL.iter().any(|(c, _, _)| c == name)
+                && !FROM_TRAFFIC
+                    .iter()
+                    .any(|(prefix, _)| name.starts_with(prefix))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "metric names used in grafana/ that a fresh platform does not expose: {missing:#?}\nexposed: {exposed:#?}"
+    );
+    for name in ONCE_MISSING {
+        assert!(exposed.contains(name), "{name} not in a fresh scrape");
+    }
+
+    for (service, scrape) in &scrapes {
+        // When the process started, for "never happened" alerts.
+        let started = sample(scrape, "process_start_time_seconds")
+            .unwrap_or_else(|| panic!("{service}: no process_start_time_seconds\n{scrape}"));
+        assert!(
+            before - 5.0 <= started && started <= after,
+            "{service}: started at {started}, not in [{before}, {after}]"
+        );
+        // Every method it serves, at 0 where the pings do not reach.
+        let methods: BTreeSet<String> = ALL_CALLS
+            .iter()
+            .filter(|(queue, _)| Some(*queue) == served_queue(service))
+            .map(|(_, method)| (*method).to_owned())
+            .collect();
+        assert_eq!(methods.is_empty(), *service == "gateway", "{service}");
+        for family in [
+            "tallyhouse_rpc_server_calls_total",
+            "tallyhouse_rpc_server_duration_seconds_count",
+            "tallyhouse_rpc_server_in_flight",
+            "tallyhouse_rpc_server_expired_total",
+            "tallyhouse_rpc_server_dead_lettered_total",
+        ] {
+            assert_eq!(
+                label_values(scrape, family, "method"),
+                methods,
+                "{service}: {family}\n{scrape}"
+            );
+        }
+        for method in &methods {
+            for family in [
+                "tallyhouse_rpc_server_expired_total",
+                "tallyhouse_rpc_server_dead_lettered_total",
+            ] {
+                assert_eq!(
+                    sample(scrape, &format!("{family}{{method=\"{method}\"}}")),
+                    Some(0.0),
+                    "{service}: {family} {method}"
+                );
+            }
+        }
+    }
+
+    let auth = &scrapes["auth"];
+    for outcome in ["success", "invalid_credentials", "throttled", "error"] {
+        let series = format!("tallyhouse_auth_logins_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(sample(auth, &series), Some(0.0), "{series}\n{auth}");
+    }
+    for scope in ["account", "address"] {
+        let series = format!("tallyhouse_auth_lockouts_total{{scope=\"{scope}\"}}");
+        assert_eq!(sample(auth, &series), Some(0.0), "{series}\n{auth}");
+    }
+    assert_eq!(
+        label_values(auth, "tallyhouse_auth_argon2_seconds_count", "operation"),
+        BTreeSet::from(["hash".to_owned(), "verify".to_owned()]),
+        "{auth}"
+    );
+
+    let ingest = &scrapes["ingest"];
+    let packages: Vec<&str> = ingest
+        .lines()
+        .filter(|l| l.starts_with("tallyhouse_ingest_packages_total{"))
+        .collect();
+    assert_eq!(
+        packages.len(),
+        2 + ErrorCode::ALL.len(),
+        "stored, duplicate and every code: {packages:#?}"
+    );
+    assert!(packages.iter().all(|l| l.ends_with(" 0")), "{packages:#?}");
+    for series in [
+        "tallyhouse_ingest_packages_total{outcome=\"stored\",code=\"none\"}",
+        "tallyhouse_ingest_packages_total{outcome=\"failed\",code=\"internal\"}",
+        "tallyhouse_ingest_packages_total{outcome=\"rejected\",code=\"bad_signature\"}",
+    ] {
+        assert_eq!(sample(ingest, series), Some(0.0), "{series}\n{ingest}");
+    }
+    assert_eq!(
+        label_values(ingest, "tallyhouse_ingest_stage_seconds_count", "stage"),
+        INGEST_STAGES.iter().map(|s| (*s).to_owned()).collect(),
+        "{ingest}"
+    );
+    for job in JobName::ALL {
+        for family in [
+            "tallyhouse_lifecycle_job_last_success_timestamp_seconds",
+            "tallyhouse_lifecycle_job_last_run_failed",
+        ] {
+            let series = format!("{family}{{lifecycle_job=\"{job}\"}}");
+            assert_eq!(sample(ingest, &series), Some(0.0), "{series}\n{ingest}");
+        }
+    }
+
+    // A job that succeeded before an ingest instance started: that instance
+    // shows the success from the database within its first seconds, not
+    // after a refresh period (15 s).
+    let run = stack.run_job(JobName::Rollup, None).await;
+    assert_eq!(run.outcome, Some(JobOutcome::Ok), "{run:?}");
+    let finished = run.finished_at.expect("a finished run") - time::OffsetDateTime::UNIX_EPOCH;
+    let addr = stack.spawn_ingest("ingest-restarted", &[]);
+    until_ready(addr).await;
+    let series =
+        "tallyhouse_lifecycle_job_last_success_timestamp_seconds{lifecycle_job=\"rollup\"}";
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let scrape = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let shown = sample(&scrape, series).expect(series);
+        if shown > 0.0 {
+            assert!(
+                (shown - finished.as_seconds_f64()).abs() < 0.001,
+                "{series} {shown}, the run ended at {finished}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "{series} still 0 5 s after start-up:\n{scrape}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stack.finish().await;
 }

@@ -1,6 +1,8 @@
 //! What the auth service measures beyond the per-call RPC metrics the
 //! runtime records: logins by outcome, lockouts started, Argon2id time, and
-//! the waits for a hashing slot (the semaphore that bounds memory).
+//! the waits for a hashing slot (the semaphore that bounds memory). Every
+//! label value is known in advance: each series exists at 0 from start-up,
+//! so that `increase()` sees the first login or lockout of a kind.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +27,16 @@ pub enum LoginOutcome {
     Error,
 }
 
+impl LoginOutcome {
+    /// Every outcome.
+    pub const ALL: [Self; 4] = [
+        Self::Success,
+        Self::InvalidCredentials,
+        Self::Throttled,
+        Self::Error,
+    ];
+}
+
 impl EncodeLabelValue for LoginOutcome {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         encoder.write_str(match self {
@@ -42,6 +54,9 @@ struct OutcomeLabels {
     outcome: LoginOutcome,
 }
 
+/// Every throttle scope, whose lockouts are counted.
+const SCOPES: [ThrottleScope; 2] = [ThrottleScope::Account, ThrottleScope::Address];
+
 /// Label set of [`AuthMetrics::lockout`]: `account` or `address`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ScopeLabels {
@@ -55,6 +70,11 @@ pub enum HashOperation {
     Hash,
     /// Checking a password against a hash (logins, the current password).
     Verify,
+}
+
+impl HashOperation {
+    /// Every operation.
+    pub const ALL: [Self; 2] = [Self::Hash, Self::Verify];
 }
 
 impl EncodeLabelValue for HashOperation {
@@ -107,9 +127,20 @@ impl Default for AuthMetrics {
 }
 
 impl AuthMetrics {
-    /// Metrics registered in `registry`.
+    /// Metrics registered in `registry`, every labelled series at 0.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
+        for outcome in LoginOutcome::ALL {
+            let _ = m.logins.get_or_create(&OutcomeLabels { outcome });
+        }
+        for scope in SCOPES {
+            let _ = m.lockouts.get_or_create(&ScopeLabels {
+                scope: crate::throttle::scope_name(scope),
+            });
+        }
+        for operation in HashOperation::ALL {
+            let _ = m.hash_seconds.get_or_create(&OperationLabels { operation });
+        }
         let sub = registry.sub_registry_with_prefix("tallyhouse");
         sub.register(
             "auth_logins",
@@ -176,6 +207,26 @@ impl AuthMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_labelled_series_is_there_at_zero_from_the_start() {
+        let mut registry = Registry::default();
+        let _m = AuthMetrics::register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for expected in [
+            "tallyhouse_auth_logins_total{outcome=\"success\"} 0",
+            "tallyhouse_auth_logins_total{outcome=\"invalid_credentials\"} 0",
+            "tallyhouse_auth_logins_total{outcome=\"throttled\"} 0",
+            "tallyhouse_auth_logins_total{outcome=\"error\"} 0",
+            "tallyhouse_auth_lockouts_total{scope=\"account\"} 0",
+            "tallyhouse_auth_lockouts_total{scope=\"address\"} 0",
+            "tallyhouse_auth_argon2_seconds_count{operation=\"hash\"} 0",
+            "tallyhouse_auth_argon2_seconds_count{operation=\"verify\"} 0",
+        ] {
+            assert!(text.contains(expected), "missing {expected} in\n{text}");
+        }
+    }
 
     #[test]
     fn names_carry_units_and_typed_labels() {

@@ -29,6 +29,9 @@
 //!   `failed` (ours: storage unavailable, an internal error); `code` is the
 //!   wire error code (`bad_signature`, `unavailable`…), `none` when stored or
 //!   duplicate.
+//!   Every `outcome`/`code` pair exists at 0 from start-up (`code` is the
+//!   closed set of wire codes), as does every stage of the two families
+//!   above, so that `increase()` and `rate()` see the first event of a kind.
 //! * `tallyhouse_ingest_records_total` (counter): records of stored packages.
 //! * `tallyhouse_ingest_bytes_total` (counter): body bytes of stored packages.
 //!
@@ -80,6 +83,21 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage, in the order a package goes through them.
+    pub const ALL: [Self; 8] = [
+        Self::KeyLookup,
+        Self::VerifyQueue,
+        Self::Verify,
+        Self::Parse,
+        Self::Dedupe,
+        Self::ReceiptSign,
+        Self::BlobPut,
+        Self::DbWrite,
+    ];
+
+    /// The stages run by [`IngestMetrics::compute`], whose CPU time is counted.
+    pub const COMPUTED: [Self; 3] = [Self::Verify, Self::Parse, Self::ReceiptSign];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -217,7 +235,9 @@ pub struct IngestMetrics {
 }
 
 impl IngestMetrics {
-    /// The families, registered under `tallyhouse_ingest_*` in `registry`.
+    /// The families, registered under `tallyhouse_ingest_*` in `registry`,
+    /// with every series whose labels are known in advance at 0 (all but
+    /// the per-submitter ones).
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             stage_seconds: Family::new_with_constructor(stage_histogram),
@@ -229,6 +249,18 @@ impl IngestMetrics {
             submitter_last_package: Family::default(),
             submitter_lag: Family::default(),
         };
+        for stage in Stage::ALL {
+            let _ = m.stage_seconds.get_or_create(&StageLabels { stage });
+        }
+        for stage in Stage::COMPUTED {
+            let _ = m.stage_cpu_seconds.get_or_create(&StageLabels { stage });
+        }
+        let outcomes = [Ok(true), Ok(false)]
+            .into_iter()
+            .chain(ErrorCode::ALL.iter().copied().map(Err));
+        for outcome in outcomes {
+            let _ = m.packages.get_or_create(&PackageLabels::of(outcome));
+        }
         let sub = registry.sub_registry_with_prefix("tallyhouse");
         sub.register_with_unit(
             "ingest_stage",
@@ -409,6 +441,44 @@ fn thread_cpu_time() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_series_with_known_labels_is_there_at_zero_from_the_start() {
+        let mut registry = Registry::default();
+        let _m = IngestMetrics::register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let mut expected = vec![
+            "tallyhouse_ingest_packages_total{outcome=\"stored\",code=\"none\"} 0".to_owned(),
+            "tallyhouse_ingest_packages_total{outcome=\"duplicate\",code=\"none\"} 0".to_owned(),
+            "tallyhouse_ingest_packages_total{outcome=\"failed\",code=\"internal\"} 0".to_owned(),
+            "tallyhouse_ingest_packages_total{outcome=\"rejected\",code=\"bad_signature\"} 0"
+                .to_owned(),
+            "tallyhouse_ingest_records_total 0".to_owned(),
+        ];
+        for stage in Stage::ALL {
+            expected.push(format!(
+                "tallyhouse_ingest_stage_seconds_count{{stage=\"{}\"}} 0",
+                stage.as_str()
+            ));
+        }
+        for stage in Stage::COMPUTED {
+            expected.push(format!(
+                "tallyhouse_ingest_stage_cpu_seconds_total{{stage=\"{}\"}} 0",
+                stage.as_str()
+            ));
+        }
+        for line in &expected {
+            assert!(text.contains(line.as_str()), "missing {line} in\n{text}");
+        }
+        let packages = text
+            .lines()
+            .filter(|l| l.starts_with("tallyhouse_ingest_packages_total{"))
+            .count();
+        assert_eq!(packages, 2 + ErrorCode::ALL.len(), "{text}");
+        // Submitters are not known in advance.
+        assert!(!text.contains("submitter=\""), "{text}");
+    }
 
     #[test]
     fn names_labels_and_units_are_the_documented_ones() {

@@ -6,10 +6,12 @@ use crate::ops::{OpsEndpoint, Readiness, start_ops};
 use crate::rpc::{RpcConfig, RpcMetrics};
 use crate::vault::Vault;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +58,7 @@ impl Service {
                 version: env!("CARGO_PKG_VERSION"),
             }),
         );
+        register_start_time(&mut registry, crate::clock::now_unix_ms());
         let rpc_metrics = RpcMetrics::register(&mut registry);
         let ready = Readiness::new(rpc_metrics.clone());
         let connected: Arc<OnceLock<Vault>> = Arc::default();
@@ -104,6 +107,20 @@ impl Service {
     }
 }
 
+/// `process_start_time_seconds`, the name every Prometheus client library
+/// gives it: when this process started (Unix time), so that an alert on a
+/// "last success" that never happened can count from there.
+fn register_start_time(registry: &mut Registry, started_unix_ms: u64) {
+    let started: Gauge<f64, AtomicU64> = Gauge::default();
+    started.set(started_unix_ms as f64 / 1000.0);
+    registry.register_with_unit(
+        "process_start_time",
+        "Start time of the process since the Unix epoch",
+        Unit::Seconds,
+        started,
+    );
+}
+
 /// Turns a service's outcome into its exit code, logging the failure once,
 /// then flushes the Loki shipper (the last line, `stopped` or `fatal error`,
 /// included; see [`crate::telemetry::flush_logs`]).
@@ -121,4 +138,21 @@ pub fn exit_code(service: &'static str, outcome: anyhow::Result<()>) -> ExitCode
     };
     crate::telemetry::flush_logs();
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_time_has_the_standard_name_in_seconds() {
+        let mut registry = Registry::default();
+        register_start_time(&mut registry, 1_772_366_400_250);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("\nprocess_start_time_seconds 1772366400.25\n"),
+            "{text}"
+        );
+    }
 }

@@ -10,7 +10,10 @@
 //! rules (grafana/alerts/) read them.
 //!
 //! * `tallyhouse_lifecycle_job_last_success_timestamp_seconds{lifecycle_job}`: end of
-//!   the job's last successful run (absent before the first).
+//!   the job's last successful run, 0 when it has never succeeded (every
+//!   job, always: read from `job_runs` at start-up, so a restarted ingest
+//!   shows successes from before its start at once). The "stopped" alert
+//!   counts a job at 0 from `process_start_time_seconds`.
 //! * `tallyhouse_lifecycle_job_last_run_failed{lifecycle_job}`: 1 when its last
 //!   finished run failed or was abandoned, else 0 (every job, always).
 //! * `tallyhouse_lifecycle_job_last_duration_seconds{lifecycle_job}`,
@@ -115,7 +118,8 @@ pub struct Snapshot {
 
 impl JobMetrics {
     /// The gauges, registered under `tallyhouse_lifecycle_*` in `registry`;
-    /// every job's `last_run_failed` and `running` start at 0.
+    /// every job's `last_success_timestamp` (never), `last_run_failed` and
+    /// `running` start at 0.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             last_success: Family::default(),
@@ -137,13 +141,14 @@ impl JobMetrics {
             let labels = JobLabels {
                 lifecycle_job: JobLabel(job),
             };
+            m.last_success.get_or_create(&labels).set(0.0);
             m.last_failed.get_or_create(&labels).set(0);
             m.running.get_or_create(&labels).set(0);
         }
         let sub = registry.sub_registry_with_prefix("tallyhouse_lifecycle");
         sub.register_with_unit(
             "job_last_success_timestamp",
-            "End of the job's last successful run (Unix time)",
+            "End of the job's last successful run (Unix time; 0 when it never succeeded)",
             Unit::Seconds,
             m.last_success.clone(),
         );
@@ -224,14 +229,9 @@ impl JobMetrics {
             let labels = JobLabels {
                 lifecycle_job: JobLabel(*job),
             };
-            match state.last_success_unix {
-                Some(t) => {
-                    self.last_success.get_or_create(&labels).set(t);
-                }
-                None => {
-                    self.last_success.remove(&labels);
-                }
-            }
+            self.last_success
+                .get_or_create(&labels)
+                .set(state.last_success_unix.unwrap_or(0.0));
             self.last_failed
                 .get_or_create(&labels)
                 .set(i64::from(state.last_failed));
@@ -396,6 +396,7 @@ mod tests {
         };
         // What the alert rules read is there before any run.
         for expected in [
+            "tallyhouse_lifecycle_job_last_success_timestamp_seconds{lifecycle_job=\"cleanup\"} 0.0",
             "tallyhouse_lifecycle_job_last_run_failed{lifecycle_job=\"verify-seals\"} 0",
             "tallyhouse_lifecycle_job_running{lifecycle_job=\"rollup\"} 0",
             "tallyhouse_lifecycle_seal_mismatched_partitions 0",
@@ -436,6 +437,8 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for expected in [
             "tallyhouse_lifecycle_job_last_success_timestamp_seconds{lifecycle_job=\"seal\"} 1772366400.5",
+            // Never succeeded: 0, not absent.
+            "tallyhouse_lifecycle_job_last_success_timestamp_seconds{lifecycle_job=\"rollup\"} 0.0",
             "tallyhouse_lifecycle_job_last_duration_seconds{lifecycle_job=\"seal\"} 2.25",
             "tallyhouse_lifecycle_job_last_items{lifecycle_job=\"seal\"} 3",
             "tallyhouse_lifecycle_job_last_run_failed{lifecycle_job=\"rollup\"} 1",
@@ -452,9 +455,5 @@ mod tests {
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }
-        assert!(
-            !text.contains("job_last_success_timestamp_seconds{lifecycle_job=\"rollup\"}"),
-            "{text}"
-        );
     }
 }

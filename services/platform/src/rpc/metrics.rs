@@ -106,6 +106,16 @@ impl SideMetrics {
         }
     }
 
+    /// Creates the series of `method` that a call would create, at 0:
+    /// calls, latency and calls in flight (not the errors, one series per
+    /// method and code: see [`RpcMetrics::serving`]).
+    fn known(&self, method: &'static str) {
+        let labels = MethodLabels { method };
+        let _ = self.calls.get_or_create(&labels);
+        let _ = self.latency.get_or_create(&labels);
+        let _ = self.in_flight.get_or_create(&labels);
+    }
+
     /// Counts a call in flight until the guard drops.
     pub(crate) fn in_flight(&self, method: &'static str) -> InFlight {
         let gauge = self.in_flight.get_or_create_owned(&MethodLabels { method });
@@ -164,6 +174,20 @@ impl RpcMetrics {
         m
     }
 
+    /// Creates every per-method server series of `method`, which this
+    /// process serves, at 0 (calls, latency, in flight, expired,
+    /// dead-lettered), so that a scrape has them before the first call and
+    /// `increase()` sees the first expiry or dead letter. The errors are
+    /// left to the first error: one series per method and error code would
+    /// be every method times every code, most of them impossible, for
+    /// alerts that are ratios over minutes.
+    pub fn serving(&self, method: &'static str) {
+        self.server.known(method);
+        let labels = MethodLabels { method };
+        let _ = self.expired.get_or_create(&labels);
+        let _ = self.dead_lettered.get_or_create(&labels);
+    }
+
     /// Metrics that are recorded but exposed nowhere (tests, tools).
     pub fn unregistered() -> Self {
         Self {
@@ -204,5 +228,32 @@ mod tests {
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }
+    }
+
+    #[test]
+    fn the_methods_a_server_serves_are_exposed_at_zero_before_any_call() {
+        let mut registry = Registry::default();
+        let m = RpcMetrics::register(&mut registry);
+        m.serving("registry.v1.ping");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for expected in [
+            "tallyhouse_rpc_server_calls_total{method=\"registry.v1.ping\"} 0",
+            "tallyhouse_rpc_server_duration_seconds_count{method=\"registry.v1.ping\"} 0",
+            "tallyhouse_rpc_server_in_flight{method=\"registry.v1.ping\"} 0",
+            "tallyhouse_rpc_server_expired_total{method=\"registry.v1.ping\"} 0",
+            "tallyhouse_rpc_server_dead_lettered_total{method=\"registry.v1.ping\"} 0",
+        ] {
+            assert!(text.contains(expected), "missing {expected} in\n{text}");
+        }
+        // Neither the client side nor the errors.
+        assert!(
+            !text.contains("tallyhouse_rpc_client_calls_total{"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("tallyhouse_rpc_server_errors_total{"),
+            "{text}"
+        );
     }
 }

@@ -235,8 +235,13 @@ impl RpcServer {
     /// Serves on every broker of `config` until `stop` is cancelled, then
     /// stops consuming, lets in-flight requests finish and reply (bounded by
     /// the drain timeout) and closes. Unacknowledged requests go back to the
-    /// queue for another instance.
+    /// queue for another instance. Every method it serves has its metric
+    /// series at 0 from the start ([`RpcMetrics::serving`]).
     pub async fn run(self, config: RpcConfig, metrics: RpcMetrics, stop: CancellationToken) {
+        // Before the first await, so before any broker link is up.
+        for method in self.shared.handlers.keys() {
+            metrics.serving(method);
+        }
         let tasks = TaskTracker::new();
         for uri in &config.brokers {
             let shared = self.shared.clone();
