@@ -7,25 +7,38 @@ use serde_json::{Value, json};
 use std::process::Command;
 use tests::stack::{Stack, StackOptions};
 
-fn package(submitter: &str, records: usize) -> Value {
-    let now = platform::clock::now();
-    let rfc = |t: time::OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .unwrap()
-    };
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// A package of `submitter` created now, holding `records`.
+fn package_with(submitter: &str, records: Vec<Value>) -> Value {
     json!({
         "schema": "tallyhouse.package.v1",
         "package_id": uuid::Uuid::new_v4(),
         "submitter_id": submitter,
         "audience": "local",
-        "created_at": rfc(now),
-        "records": (0..records).map(|i| json!({
-            "series": "bets.stake",
-            "ts": rfc(now - time::Duration::seconds(i as i64)),
-            "value": 10.5 + i as f64,
-            "labels": {"game": "poker", "venue": format!("v{}", i % 3)}
-        })).collect::<Vec<_>>()
+        "created_at": rfc3339(platform::clock::now()),
+        "records": records,
     })
+}
+
+fn package(submitter: &str, records: usize) -> Value {
+    let now = platform::clock::now();
+    package_with(
+        submitter,
+        (0..records)
+            .map(|i| {
+                json!({
+                    "series": "bets.stake",
+                    "ts": rfc3339(now - time::Duration::seconds(i as i64)),
+                    "value": 10.5 + i as f64,
+                    "labels": {"game": "poker", "venue": format!("v{}", i % 3)}
+                })
+            })
+            .collect(),
+    )
 }
 
 fn signature_header(key: &SigningKey, body: &[u8]) -> String {
@@ -418,33 +431,21 @@ async fn a_hundred_concurrent_submissions_are_each_stored_exactly_once() {
 /// A package created now whose records fall on the days `days_back` (each
 /// a number of days before today, noon UTC, a few records a day).
 fn package_on_days(submitter: &str, days_back: &[i64]) -> Value {
-    let now = platform::clock::now();
-    let noon = now.replace_time(time::macros::time!(12:00));
-    let rfc = |t: time::OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .unwrap()
-    };
+    let noon = platform::clock::now().replace_time(time::macros::time!(12:00));
     let records: Vec<Value> = days_back
         .iter()
         .flat_map(|d| {
             (0..3).map(move |i| {
                 json!({
                     "series": "bets.stake",
-                    "ts": rfc(noon - time::Duration::days(*d) + time::Duration::minutes(i)),
+                    "ts": rfc3339(noon - time::Duration::days(*d) + time::Duration::minutes(i)),
                     "value": 1.25 + i as f64,
                     "labels": {"game": "bingo"}
                 })
             })
         })
         .collect();
-    json!({
-        "schema": "tallyhouse.package.v1",
-        "package_id": uuid::Uuid::new_v4(),
-        "submitter_id": submitter,
-        "audience": "local",
-        "created_at": rfc(now),
-        "records": records,
-    })
+    package_with(submitter, records)
 }
 
 #[tokio::test]
