@@ -57,12 +57,10 @@ pub fn service_command(bin: &str, namespace: &str, env: &[(&str, String)]) -> Co
     cmd
 }
 
-/// A free loopback TCP port.
+/// A free loopback TCP port, reserved for this test process
+/// ([`platform::testing::free_port`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    platform::testing::free_port()
 }
 
 /// A child process killed (SIGKILL) when dropped, so a failing test never

@@ -247,11 +247,47 @@ pub struct DedicatedBroker {
     dir: PathBuf,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// The ports [`free_port`] picks from: below the kernel's ephemeral range
+/// (32768–60999 by default), so no client socket of any process is given
+/// one of them between the pick and the server's bind.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback TCP port for a server a test starts (often a child process
+/// that binds it later), free now and kept from every other test process.
+///
+/// `bind(0)` then release, as this was before, let the port go back to the
+/// kernel's ephemeral pool: any process's next outgoing connection could
+/// take it before the server bound it ("Address already in use", a test
+/// failing about once in a few full runs). So the port comes from
+/// [`TEST_PORTS`], outside that pool, and is reserved across test processes
+/// by a lock on a file named after it (in the temporary folder), held until
+/// this process exits; the bind check skips ports a server already holds.
+pub fn free_port() -> u16 {
+    use rand::Rng as _;
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("tallyhouse-test-ports");
+    std::fs::create_dir_all(&dir).expect("create the port reservation folder");
+    let mut rng = rand::rng();
+    for _ in 0..10_000 {
+        let port = rng.random_range(TEST_PORTS);
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+        else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue; // another test process holds it
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue; // a server listens there (the lock goes with `file`)
+        }
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).push(file);
+        return port;
+    }
+    panic!("no free loopback port in {TEST_PORTS:?}");
 }
 
 fn rabbitmqctl(node: &str, args: &[&str]) -> anyhow::Result<()> {
@@ -682,4 +718,30 @@ pub async fn put_secret_at(
     vaultrs::kv2::set(&client, "secret", &path, &secret)
         .await
         .unwrap_or_else(|e| panic!("write {path} to OpenBao: {e}"));
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn reserved_ports_are_distinct_free_and_outside_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        for port in ports {
+            assert!(TEST_PORTS.contains(&port), "{port}");
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("still free to bind");
+            // Held by this process: another process's try_lock fails.
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(
+                    std::env::temp_dir()
+                        .join("tallyhouse-test-ports")
+                        .join(port.to_string()),
+                )
+                .unwrap();
+            assert!(file.try_lock().is_err(), "port {port} is reserved");
+        }
+    }
 }
