@@ -92,10 +92,7 @@ pub fn db_error<E: Into<DbFailure>>(what: &'static str) -> impl FnOnce(E) -> Rpc
             DbFailure::Pg(e) => match e.as_db_error() {
                 None => (true, None),
                 Some(db) => {
-                    let code = db.code().code();
-                    let unavailable = code.starts_with("08")
-                        || code.starts_with("53")
-                        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01");
+                    let unavailable = platform::db::is_unavailable_sqlstate(db.code().code());
                     (unavailable, Some(server_error(db)))
                 }
             },

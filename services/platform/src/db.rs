@@ -407,13 +407,17 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::BeginFailed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08")
-                || code.starts_with("53")
-                || matches!(&*code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
-        }),
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_unavailable_sqlstate(&code)),
         _ => false,
     }
+}
+
+/// Whether a server error's SQLSTATE means "not serving now, retry later"
+/// (the codes [`is_unavailable`] lists); for services on another driver.
+pub fn is_unavailable_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
 }
 
 /// Whether `err` is a unique violation, of `constraint` if given.
